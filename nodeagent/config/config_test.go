@@ -1,0 +1,92 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		wantErr string // substring; "" means success
+		check   func(t *testing.T, c Config)
+	}{
+		{name: "empty is defaults", in: "", check: func(t *testing.T, c Config) {
+			if c.Listen != ":7443" || c.TLS.CA != "/etc/debvisor/pki/ca.crt" {
+				t.Errorf("defaults not applied: %+v", c)
+			}
+		}},
+		{name: "override", in: "listen: 127.0.0.1:9000\nshutdown_timeout: 3s\nlog_format: json\n", check: func(t *testing.T, c Config) {
+			if c.Listen != "127.0.0.1:9000" || c.ShutdownGrace() != 3*time.Second || c.LogFormat != "json" {
+				t.Errorf("got %+v", c)
+			}
+			if c.RESTListen != ":7444" {
+				t.Errorf("unset field lost its default: %q", c.RESTListen)
+			}
+		}},
+		{name: "unknown key names line", in: "listen: :1\nlisten_addr: :2\n", wantErr: "[2:1] unknown field \"listen_addr\""},
+		{name: "unknown nested key", in: "tls:\n  ca: a\n  crt: b\n", wantErr: "unknown field \"crt\""},
+		{name: "bad address", in: "listen: nonsense\n", wantErr: "listen: \"nonsense\" is not host:port"},
+		{name: "bad level", in: "log_level: loud\n", wantErr: "log_level:"},
+		{name: "bad duration", in: "shutdown_timeout: soon\n", wantErr: "shutdown_timeout"},
+		{name: "relative socket", in: "socket: agent.sock\n", wantErr: "socket: \"agent.sock\" must be an absolute path"},
+		{name: "empty tls", in: "tls:\n  key: \"\"\n", wantErr: "tls.key: must not be empty"},
+		{name: "wrong type", in: "listen: [1, 2]\n", wantErr: "listen"},
+		{name: "not yaml", in: "listen: \"unterminated\n", wantErr: "["},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Parse() error = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Parse() error = %v", err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestLoadRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(p, []byte("tls:\n  ca: pki/ca.crt\n  cert: /abs/node.crt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS.CA != filepath.Join(dir, "pki/ca.crt") || c.TLS.Cert != "/abs/node.crt" {
+		t.Errorf("paths not resolved against the config file: %+v", c.TLS)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.yaml")); err == nil {
+		t.Error("Load of a missing non-default file succeeded")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("listen: :7443\ntls:\n  ca: x\n"))
+	f.Add([]byte("shutdown_timeout: 5s\nlog_level: debug\n"))
+	f.Add([]byte("{listen: [\n"))
+	f.Add([]byte("&a [*a, *a]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data)
+		if err != nil {
+			return
+		}
+		// Whatever parses must also validate: Parse never returns a config
+		// the agent would refuse to start with.
+		if verr := c.Validate(); verr != nil {
+			t.Fatalf("Parse accepted a config that does not validate: %v", verr)
+		}
+	})
+}

@@ -1,0 +1,95 @@
+// Package sysinfo owns reading the facts a node reports about itself:
+// hostname, machine id, kernel, OS release, boot time and booted slot.
+package sysinfo
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Info is a snapshot of the node's identity.
+type Info struct {
+	Hostname   string
+	MachineID  string
+	Kernel     string
+	Arch       string
+	OSVersion  string
+	BootedSlot string
+	BootTime   time.Time
+}
+
+// Reader reads Info from a root directory ("/" on a node; a fixture dir in tests).
+type Reader struct {
+	Root string
+}
+
+// Read gathers what it can; missing files yield empty fields, never errors,
+// because a node agent must report status even on a half-broken system.
+func (r Reader) Read() Info {
+	root := r.Root
+	if root == "" {
+		root = "/"
+	}
+	var in Info
+	in.Hostname, _ = os.Hostname()
+	in.MachineID = strings.TrimSpace(readFile(filepath.Join(root, "etc/machine-id")))
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		in.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	in.Arch = runtime.GOARCH
+	in.OSVersion = OSVersion(readFile(filepath.Join(root, "etc/os-release")))
+	in.BootedSlot = BootedSlot(readFile(filepath.Join(root, "proc/cmdline")))
+	in.BootTime = bootTime(readFile(filepath.Join(root, "proc/stat")))
+	return in
+}
+
+// OSVersion returns DEBVISOR_VERSION from os-release content, "unknown" if absent.
+func OSVersion(osRelease string) string {
+	sc := bufio.NewScanner(strings.NewReader(osRelease))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if ok && k == "DEBVISOR_VERSION" {
+			return strings.Trim(v, `"'`)
+		}
+	}
+	return "unknown"
+}
+
+// BootedSlot returns the value of the debvisor.slot= kernel parameter.
+func BootedSlot(cmdline string) string {
+	for _, f := range strings.Fields(cmdline) {
+		if v, ok := strings.CutPrefix(f, "debvisor.slot="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func bootTime(stat string) time.Time {
+	sc := bufio.NewScanner(strings.NewReader(stat))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "btime "); ok {
+			if s, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+				return time.Unix(s, 0)
+			}
+		}
+	}
+	return time.Time{}
+}
+
+func readFile(p string) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return ""
+	}
+	return string(bytes.TrimRight(b, "\x00"))
+}
