@@ -48,6 +48,8 @@ type Client struct {
 	conn       *grpc.ClientConn
 	Node       v1.NodeServiceClient
 	Operations v1.OperationServiceClient
+	VMs        v1.VMServiceClient
+	Storage    v1.StorageServiceClient
 }
 
 // New connects lazily: errors such as a refused certificate surface on the
@@ -83,6 +85,8 @@ func New(cfg Config) (*Client, error) {
 		conn:       conn,
 		Node:       v1.NewNodeServiceClient(conn),
 		Operations: v1.NewOperationServiceClient(conn),
+		VMs:        v1.NewVMServiceClient(conn),
+		Storage:    v1.NewStorageServiceClient(conn),
 	}, nil
 }
 
