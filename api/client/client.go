@@ -58,8 +58,10 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Endpoint == "" {
 		return nil, errors.New("no endpoint: pass --node HOST:PORT, set DEBVISOR_ENDPOINT, or select a dvctl context")
 	}
-	var opts []grpc.DialOption
-	target := cfg.Endpoint
+	var (
+		opts   []grpc.DialOption
+		target string
+	)
 	if cfg.IsLocal() {
 		path := strings.TrimPrefix(cfg.Endpoint, "unix://")
 		opts = append(opts,

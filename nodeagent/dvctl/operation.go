@@ -2,6 +2,8 @@ package dvctl
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -136,8 +138,9 @@ func printOperation(g *globals, f Format, op *v1.Operation) error {
 		if op.GetError() != "" {
 			fmt.Fprintf(w, "ERROR:\t%s\n", op.GetError())
 		}
-		for k, v := range op.GetResult() {
-			fmt.Fprintf(w, "RESULT %s:\t%s\n", k, v)
+		keys := slices.Sorted(maps.Keys(op.GetResult()))
+		for _, k := range keys {
+			fmt.Fprintf(w, "RESULT %s:\t%s\n", k, op.GetResult()[k])
 		}
 	})
 }
@@ -175,4 +178,3 @@ func dash(s string) string {
 	}
 	return s
 }
-
