@@ -8,6 +8,7 @@ import (
 
 	"github.com/debvisor/debvisor/nodeagent/config"
 	"github.com/debvisor/debvisor/nodeagent/health"
+	"github.com/debvisor/debvisor/nodeagent/libvirtconn"
 	"github.com/debvisor/debvisor/nodeagent/operation"
 	"github.com/debvisor/debvisor/nodeagent/server"
 	"github.com/debvisor/debvisor/nodeagent/sysinfo"
@@ -58,7 +59,13 @@ name the cluster CA bundle and this node's certificate (make them with
 				return fmt.Errorf("state dir: %w", err)
 			}
 			ops := operation.NewManager(log.With("component", "operations"))
+			var lv *libvirtconn.Conn
+			if cfg.Libvirt.Socket != "" {
+				lv = libvirtconn.New(libvirtconn.Config{Socket: cfg.Libvirt.Socket, URI: cfg.Libvirt.URI}, log.With("component", "libvirt"))
+				defer lv.Close()
+			}
 			srv, err := server.New(cfg, server.Deps{
+				Libvirt: lv,
 				Log:     log,
 				Ops:     ops,
 				Health:  health.NewRegistry(nil),

@@ -42,6 +42,20 @@ type Config struct {
 	// ShutdownTimeout bounds graceful shutdown on SIGTERM, e.g. "15s".
 	ShutdownTimeout string `yaml:"shutdown_timeout"`
 	TLS             TLS    `yaml:"tls"`
+
+	// Libvirt is the hypervisor connection for VMs and storage pools.
+	Libvirt Libvirt `yaml:"libvirt"`
+}
+
+// Libvirt says how the agent reaches libvirtd for VMs and storage.
+type Libvirt struct {
+	// Socket is libvirtd's read-write unix socket; "" runs the agent
+	// without VM and storage services.
+	Socket string `yaml:"socket"`
+	// URI is the driver to open (qemu:///system).
+	URI string `yaml:"uri"`
+	// DomainType forces "kvm" or "qemu" (TCG); detected when empty.
+	DomainType string `yaml:"domain_type"`
 }
 
 // TLS names the node's PEM files.
@@ -69,6 +83,7 @@ func Default() Config {
 			Cert: "/etc/debvisor/pki/node.crt",
 			Key:  "/etc/debvisor/pki/node.key",
 		},
+		Libvirt: Libvirt{Socket: "/var/run/libvirt/libvirt-sock", URI: "qemu:///system"},
 	}
 }
 
@@ -149,6 +164,15 @@ func (c Config) Validate() error {
 		if v == "" {
 			errs = append(errs, fmt.Errorf("%s: must not be empty (the API is mTLS only)", field))
 		}
+	}
+	if c.Libvirt.Socket != "" && !filepath.IsAbs(c.Libvirt.Socket) {
+		errs = append(errs, fmt.Errorf("libvirt.socket: %q must be an absolute path", c.Libvirt.Socket))
+	}
+	if c.Libvirt.Socket != "" && !strings.Contains(c.Libvirt.URI, ":///") {
+		errs = append(errs, fmt.Errorf("libvirt.uri: %q is not a libvirt URI such as qemu:///system", c.Libvirt.URI))
+	}
+	if t := c.Libvirt.DomainType; t != "" && t != "kvm" && t != "qemu" {
+		errs = append(errs, fmt.Errorf("libvirt.domain_type: %q is neither kvm nor qemu (empty detects)", t))
 	}
 	if strings.ContainsAny(c.NodeName, " /\t\n") {
 		errs = append(errs, fmt.Errorf("node_name: %q must not contain spaces or slashes", c.NodeName))

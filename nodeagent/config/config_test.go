@@ -36,6 +36,15 @@ func TestParse(t *testing.T) {
 		{name: "relative socket", in: "socket: agent.sock\n", wantErr: "socket: \"agent.sock\" must be an absolute path"},
 		{name: "empty tls", in: "tls:\n  key: \"\"\n", wantErr: "tls.key: must not be empty"},
 		{name: "wrong type", in: "listen: [1, 2]\n", wantErr: "listen"},
+		{name: "libvirt section", in: "libvirt:\n  socket: \"\"\n", check: func(t *testing.T, c Config) {
+			if c.Libvirt.Socket != "" || c.Libvirt.URI != "qemu:///system" {
+				t.Errorf("libvirt: %+v", c.Libvirt)
+			}
+		}},
+		{name: "relative libvirt socket", in: "libvirt:\n  socket: libvirt-sock\n", wantErr: "libvirt.socket: \"libvirt-sock\" must be an absolute path"},
+		{name: "bad libvirt uri", in: "libvirt:\n  uri: qemu\n", wantErr: "libvirt.uri:"},
+		{name: "bad domain type", in: "libvirt:\n  domain_type: xen\n", wantErr: "libvirt.domain_type:"},
+		{name: "unknown libvirt key", in: "libvirt:\n  sock: /x\n", wantErr: "unknown field \"sock\""},
 		{name: "not yaml", in: "listen: \"unterminated\n", wantErr: "["},
 	}
 	for _, tt := range tests {

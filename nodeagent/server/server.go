@@ -26,8 +26,11 @@ import (
 
 	"github.com/debvisor/debvisor/nodeagent/config"
 	"github.com/debvisor/debvisor/nodeagent/health"
+	"github.com/debvisor/debvisor/nodeagent/libvirtconn"
 	"github.com/debvisor/debvisor/nodeagent/operation"
+	"github.com/debvisor/debvisor/nodeagent/storage"
 	"github.com/debvisor/debvisor/nodeagent/sysinfo"
+	"github.com/debvisor/debvisor/nodeagent/vm"
 )
 
 // service is one gRPC service implementation, registered on every listener
@@ -46,6 +49,9 @@ type Deps struct {
 	SysInfo sysinfo.Reader
 	// Registry receives the agent's metrics; a new one when nil.
 	Registry *prometheus.Registry
+	// Libvirt is the hypervisor connection; nil runs the agent without the
+	// VM and storage services (they answer FailedPrecondition).
+	Libvirt *libvirtconn.Conn
 }
 
 // Server is a running (or ready to run) agent API.
@@ -58,9 +64,15 @@ type Server struct {
 	pki   *pkiStore
 	ops   *operation.Manager
 	hlth  *health.Registry
-	sys   sysinfo.Reader
+	sys   *sysinfo.Cached
 	reg   *prometheus.Registry
 	met   *metrics
+
+	verified verifyCache
+
+	// nil without libvirt
+	vms     *vm.Manager
+	storage *storage.Manager
 
 	services []service
 	grpcs    []*grpc.Server
@@ -102,13 +114,19 @@ func New(cfg config.Config, d Deps) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, log: d.Log, now: d.Now, start: d.Now(), uid: os.Getuid(),
-		pki: store, ops: d.Ops, hlth: d.Health, sys: d.SysInfo, reg: d.Registry,
+		pki: store, ops: d.Ops, hlth: d.Health, sys: sysinfo.NewCached(d.SysInfo), reg: d.Registry,
 		ready: make(chan struct{}),
 	}
 	s.met = newMetrics(d.Registry)
+	if d.Libvirt != nil {
+		s.vms = vm.New(d.Libvirt, vm.Config{SeedDir: filepath.Join(cfg.StateDir, "vm-seeds"), DomainType: cfg.Libvirt.DomainType}, d.Log.With("component", "vm"))
+		s.storage = storage.New(d.Libvirt, d.Log.With("component", "storage"))
+	}
 	s.services = []service{
 		&nodeService{s: s},
 		&operationService{s: s},
+		&vmService{s: s},
+		&storageService{s: s},
 	}
 	return s, nil
 }

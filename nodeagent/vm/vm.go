@@ -1,0 +1,803 @@
+// Package vm owns the node's KVM guests: libvirt domain definitions built
+// from the API's VMSpec with libvirtxml, their life cycle (create, start,
+// graceful stop, reboot, delete), in-place updates that apply live what
+// libvirt allows and report the rest as pending, cloud-init seeds, serial
+// consoles and guest addresses. Failures part-way undo what the call made.
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"libvirt.org/go/libvirtxml"
+
+	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/nodeagent/libvirtconn"
+	"github.com/debvisor/debvisor/nodeagent/storage"
+)
+
+// Config tunes the Manager.
+type Config struct {
+	// SeedDir holds the cloud-init seed ISOs (one per VM).
+	SeedDir string
+	// DomainType forces "kvm" or "qemu" (TCG); detected from libvirt's
+	// capabilities when empty.
+	DomainType string
+}
+
+// Manager performs VM operations through libvirt. Callers serialise
+// mutations with the operation queue using Lock and the disks' volume locks.
+type Manager struct {
+	conn *libvirtconn.Conn
+	cfg  Config
+	log  *slog.Logger
+
+	hvOnce sync.Once
+	hv     string
+	hvErr  error
+}
+
+// New returns a Manager.
+func New(conn *libvirtconn.Conn, cfg Config, log *slog.Logger) *Manager {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{conn: conn, cfg: cfg, log: log}
+}
+
+// Lock is the operation-queue key of a VM.
+func Lock(name string) string { return "vm/" + name }
+
+// Locks returns the queue keys a mutation of VM name with spec must hold:
+// the VM and every volume its disks use.
+func Locks(name string, specs ...*v1.VMSpec) []string {
+	keys := []string{Lock(name)}
+	for _, s := range specs {
+		for _, d := range s.GetDisks() {
+			keys = append(keys, storage.VolumeLock(d.GetPool(), d.GetVolume()))
+		}
+	}
+	return keys
+}
+
+// hypervisor returns the domain type to define: kvm when libvirt offers it
+// for x86_64 (i.e. /dev/kvm works), else qemu.
+func (m *Manager) hypervisor(ctx context.Context, lv *libvirt.Libvirt) (string, error) {
+	if m.cfg.DomainType != "" {
+		return m.cfg.DomainType, nil
+	}
+	m.hvOnce.Do(func() {
+		caps, err := lv.Capabilities()
+		if err != nil {
+			m.hvErr = libvirtconn.Status(err, "libvirt capabilities")
+			return
+		}
+		var c libvirtxml.Caps
+		if err := c.Unmarshal(string(caps)); err != nil {
+			m.hvErr = fmt.Errorf("parse capabilities: %w", err)
+			return
+		}
+		m.hv = "qemu"
+		for _, g := range c.Guests {
+			if g.Arch.Name != "x86_64" {
+				continue
+			}
+			for _, d := range g.Arch.Domains {
+				if d.Type == "kvm" {
+					m.hv = "kvm"
+				}
+			}
+		}
+		m.log.Info("libvirt domain type", "type", m.hv)
+	})
+	return m.hv, m.hvErr
+}
+
+func lookup(lv *libvirt.Libvirt, name string) (libvirt.Domain, error) {
+	d, err := lv.DomainLookupByName(name)
+	if libvirtconn.NotFound(err) {
+		return d, status.Errorf(codes.NotFound, "VM %q not found", name)
+	}
+	if err != nil {
+		return d, libvirtconn.Status(err, "look up VM %q", name)
+	}
+	return d, nil
+}
+
+func domainXML(lv *libvirt.Libvirt, d libvirt.Domain, flags libvirt.DomainXMLFlags) (*libvirtxml.Domain, error) {
+	doc, err := lv.DomainGetXMLDesc(d, flags)
+	if err != nil {
+		return nil, libvirtconn.Status(err, "VM %q XML", d.Name)
+	}
+	var x libvirtxml.Domain
+	if err := x.Unmarshal(doc); err != nil {
+		return nil, fmt.Errorf("parse VM %q XML: %w", d.Name, err)
+	}
+	return &x, nil
+}
+
+func (m *Manager) seedPath(name string) string {
+	return filepath.Join(m.cfg.SeedDir, name+"-cidata.iso")
+}
+
+// Exists reports whether a domain with this name is defined.
+func (m *Manager) Exists(ctx context.Context, name string) (bool, error) {
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return false, err
+	}
+	_, err = lv.DomainLookupByName(name)
+	if libvirtconn.NotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, libvirtconn.Status(err, "look up VM %q", name)
+	}
+	return true, nil
+}
+
+// resolveDisks checks that every disk's pool and volume exist and that no
+// other VM writes to the volume, and returns the disks with their formats.
+// self is the VM being changed (its own use of a volume is fine).
+func (m *Manager) resolveDisks(ctx context.Context, lv *libvirt.Libvirt, field, self string, disks []*v1.Disk) ([]resolvedDisk, error) {
+	if len(disks) == 0 {
+		return nil, nil
+	}
+	st := storage.New(m.conn, m.log)
+	users, err := st.Users(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []resolvedDisk
+	for i, d := range disks {
+		f := fmt.Sprintf("%s.disks[%d]", field, i)
+		vol, err := st.GetVolume(ctx, d.Pool, d.Volume)
+		switch status.Code(err) {
+		case codes.OK:
+		case codes.NotFound, codes.FailedPrecondition:
+			return nil, invalid(f, "%s", status.Convert(err).Message())
+		default:
+			return nil, err
+		}
+		if !d.ReadOnly {
+			for _, u := range users[d.Pool+"/"+d.Volume] {
+				if u != self {
+					return nil, status.Errorf(codes.FailedPrecondition, "%s: volume %s/%s is in use by VM %q", f, d.Pool, d.Volume, u)
+				}
+			}
+		}
+		format := "raw"
+		if vol.Format == v1.Volume_FORMAT_QCOW2 {
+			format = "qcow2"
+		}
+		out = append(out, resolvedDisk{Disk: d, format: format})
+	}
+	return out, nil
+}
+
+// Create defines (and, for a RUNNING power state, starts) a VM from a
+// normalised spec, returning its UUID. On any failure the domain and seed
+// it made are removed again.
+func (m *Manager) Create(ctx context.Context, name string, spec *v1.VMSpec) (_ string, err error) {
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return "", err
+	}
+	if _, err := lv.DomainLookupByName(name); err == nil {
+		return "", status.Errorf(codes.AlreadyExists, "VM %q already exists", name)
+	}
+	hv, err := m.hypervisor(ctx, lv)
+	if err != nil {
+		return "", err
+	}
+	disks, err := m.resolveDisks(ctx, lv, "vm.spec", name, spec.Disks)
+	if err != nil {
+		return "", err
+	}
+	id := uuid.NewString()
+	p := domainParams{Name: name, UUID: id, Hypervisor: hv, Spec: spec, Disks: disks}
+	if spec.CloudInit != nil {
+		p.SeedPath = m.seedPath(name)
+		if err := writeSeed(p.SeedPath, name, id, spec.CloudInit); err != nil {
+			return "", status.Errorf(codes.Internal, "cloud-init seed: %v", err)
+		}
+		defer func() {
+			if err != nil {
+				_ = os.Remove(p.SeedPath)
+			}
+		}()
+	}
+	x, err := buildDomain(p)
+	if err != nil {
+		return "", err
+	}
+	doc, err := x.Marshal()
+	if err != nil {
+		return "", fmt.Errorf("marshal domain XML: %w", err)
+	}
+	dom, err := lv.DomainDefineXMLFlags(doc, libvirt.DomainDefineValidate)
+	if err != nil {
+		return "", libvirtconn.Status(err, "define VM %q", name)
+	}
+	defer func() {
+		if err != nil {
+			_ = lv.DomainDestroy(dom)
+			if uerr := lv.DomainUndefineFlags(dom, undefineFlags); uerr != nil && !libvirtconn.NotFound(uerr) {
+				m.log.Warn("undo VM define", "vm", name, "err", uerr)
+			}
+		}
+	}()
+	if spec.Autostart {
+		if err := lv.DomainSetAutostart(dom, 1); err != nil {
+			return "", libvirtconn.Status(err, "autostart VM %q", name)
+		}
+	}
+	if spec.PowerState == v1.PowerState_POWER_STATE_RUNNING {
+		if _, err := lv.DomainCreateWithFlags(dom, 0); err != nil {
+			return "", libvirtconn.Status(err, "start VM %q", name)
+		}
+	}
+	return id, nil
+}
+
+const undefineFlags = libvirt.DomainUndefineManagedSave | libvirt.DomainUndefineSnapshotsMetadata |
+	libvirt.DomainUndefineNvram | libvirt.DomainUndefineCheckpointsMetadata
+
+var states = map[libvirt.DomainState]v1.VMStatus_State{
+	libvirt.DomainNostate:     v1.VMStatus_STATE_UNSPECIFIED,
+	libvirt.DomainRunning:     v1.VMStatus_STATE_RUNNING,
+	libvirt.DomainBlocked:     v1.VMStatus_STATE_RUNNING,
+	libvirt.DomainPaused:      v1.VMStatus_STATE_PAUSED,
+	libvirt.DomainShutdown:    v1.VMStatus_STATE_SHUTTING_DOWN,
+	libvirt.DomainShutoff:     v1.VMStatus_STATE_STOPPED,
+	libvirt.DomainCrashed:     v1.VMStatus_STATE_CRASHED,
+	libvirt.DomainPmsuspended: v1.VMStatus_STATE_SUSPENDED,
+}
+
+func isActive(st v1.VMStatus_State) bool {
+	return st != v1.VMStatus_STATE_STOPPED && st != v1.VMStatus_STATE_CRASHED && st != v1.VMStatus_STATE_UNSPECIFIED
+}
+
+// Get returns a VM's persistent spec and its status, including the changes
+// the running guest does not have yet.
+func (m *Manager) Get(ctx context.Context, name string) (*v1.VM, error) {
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d, err := lookup(lv, name)
+	if err != nil {
+		return nil, err
+	}
+	return m.describe(lv, d)
+}
+
+func (m *Manager) describe(lv *libvirt.Libvirt, d libvirt.Domain) (*v1.VM, error) {
+	st, _, err := lv.DomainGetState(d, 0)
+	if err != nil {
+		return nil, libvirtconn.Status(err, "VM %q state", d.Name)
+	}
+	inactive, err := domainXML(lv, d, libvirt.DomainXMLInactive)
+	if err != nil {
+		return nil, err
+	}
+	spec, _ := specFromDomain(inactive)
+	if a, err := lv.DomainGetAutostart(d); err == nil {
+		spec.Autostart = a == 1
+	}
+	vm := &v1.VM{
+		Name: d.Name,
+		Spec: spec,
+		Status: &v1.VMStatus{
+			State:      states[libvirt.DomainState(st)],
+			Uuid:       inactive.UUID,
+			Hypervisor: inactive.Type,
+		},
+	}
+	if isActive(vm.Status.State) {
+		live, err := domainXML(lv, d, 0)
+		if err != nil {
+			return nil, err
+		}
+		liveSpec, _ := specFromDomain(live)
+		vm.Status.PendingChanges = diffSpecs(liveSpec, spec)
+	}
+	return vm, nil
+}
+
+// List returns every VM, sorted by name.
+func (m *Manager) List(ctx context.Context) ([]*v1.VM, error) {
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	doms, _, err := lv.ConnectListAllDomains(1, 0)
+	if err != nil {
+		return nil, libvirtconn.Status(err, "list VMs")
+	}
+	out := make([]*v1.VM, 0, len(doms))
+	for _, d := range doms {
+		vm, err := m.describe(lv, d)
+		if status.Code(err) == codes.NotFound {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, vm)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// UpdateResult says how an update was applied.
+type UpdateResult struct {
+	// Live are the changes the running guest got now.
+	Live []string
+	// Pending are the changes waiting for the next power cycle.
+	Pending []string
+}
+
+// Update brings a VM to a normalised spec in place: the persistent
+// definition always becomes spec; on a running guest, disk and NIC
+// hot-(un)plug, vCPU hot-add and balloon memory changes are applied live,
+// and whatever the guest did not take is reported as pending.
+func (m *Manager) Update(ctx context.Context, name string, spec *v1.VMSpec) (UpdateResult, error) {
+	var res UpdateResult
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return res, err
+	}
+	dom, err := lookup(lv, name)
+	if err != nil {
+		return res, err
+	}
+	cur, err := domainXML(lv, dom, libvirt.DomainXMLInactive)
+	if err != nil {
+		return res, err
+	}
+	curSpec, curMeta := specFromDomain(cur)
+	if cloudKey(curSpec.CloudInit) != cloudKey(spec.CloudInit) {
+		return res, invalid("spec.cloud_init", "cannot change after the VM is created (cloud-init reads it on first boot only)")
+	}
+	if curSpec.Firmware != spec.Firmware {
+		return res, invalid("spec.firmware", "cannot change from %s to %s: the guest's boot loader is installed for one of them", curSpec.Firmware, spec.Firmware)
+	}
+	// Keep existing disks' device names so the guest's view is stable.
+	targets := map[string]string{}
+	for _, d := range curSpec.Disks {
+		targets[d.Pool+"/"+d.Volume] = d.Target
+	}
+	for _, d := range spec.Disks {
+		d.Target = targets[d.Pool+"/"+d.Volume]
+	}
+	disks, err := m.resolveDisks(ctx, lv, "spec", name, spec.Disks)
+	if err != nil {
+		return res, err
+	}
+	want, err := buildDomain(domainParams{Name: name, UUID: cur.UUID, Hypervisor: cur.Type, Spec: spec, Disks: disks, SeedPath: curMeta.Seed})
+	if err != nil {
+		return res, err
+	}
+	st, _, err := lv.DomainGetState(dom, 0)
+	if err != nil {
+		return res, libvirtconn.Status(err, "VM %q state", name)
+	}
+	running := isActive(states[libvirt.DomainState(st)])
+	if running {
+		live, err := domainXML(lv, dom, 0)
+		if err != nil {
+			return res, err
+		}
+		liveSpec, _ := specFromDomain(live)
+		m.applyLive(lv, dom, live, liveSpec, want, spec)
+	}
+	doc, err := want.Marshal()
+	if err != nil {
+		return res, fmt.Errorf("marshal domain XML: %w", err)
+	}
+	if _, err := lv.DomainDefineXMLFlags(doc, libvirt.DomainDefineValidate); err != nil {
+		return res, libvirtconn.Status(err, "redefine VM %q", name)
+	}
+	if curSpec.Autostart != spec.Autostart {
+		if err := lv.DomainSetAutostart(dom, map[bool]int32{true: 1}[spec.Autostart]); err != nil {
+			return res, libvirtconn.Status(err, "autostart VM %q", name)
+		}
+	}
+	changes := diffSpecs(curSpec, spec)
+	if running {
+		live, err := domainXML(lv, dom, 0)
+		if err != nil {
+			return res, err
+		}
+		liveSpec, _ := specFromDomain(live)
+		res.Pending = diffSpecs(liveSpec, spec)
+	}
+	for _, c := range changes {
+		if !contains(res.Pending, c) {
+			res.Live = append(res.Live, c)
+		}
+	}
+	switch {
+	case spec.PowerState == v1.PowerState_POWER_STATE_RUNNING && !running:
+		if _, err := lv.DomainCreateWithFlags(dom, 0); err != nil {
+			return res, libvirtconn.Status(err, "start VM %q", name)
+		}
+	case spec.PowerState == v1.PowerState_POWER_STATE_STOPPED && running:
+		if err := m.stop(ctx, lv, dom, 30*time.Second, false); err != nil {
+			return res, err
+		}
+		res.Pending = nil
+	}
+	return res, nil
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func cloudKey(c *v1.CloudInit) string {
+	if c == nil {
+		return ""
+	}
+	return c.UserData + "\x00" + c.MetaData + "\x00" + c.NetworkConfig
+}
+
+// applyLive changes the running guest towards want as far as libvirt and
+// the guest allow. Failures are not errors: what did not apply stays
+// pending, which Update reports.
+func (m *Manager) applyLive(lv *libvirt.Libvirt, dom libvirt.Domain, live *libvirtxml.Domain, have *v1.VMSpec, want *libvirtxml.Domain, spec *v1.VMSpec) {
+	log := m.log.With("vm", dom.Name)
+	const liveFlag = uint32(libvirt.DomainAffectLive)
+	// vCPUs: hot-add (and hot-remove where the guest cooperates) up to the
+	// running maximum.
+	if spec.Vcpus != have.Vcpus && spec.Vcpus <= have.MaxVcpus {
+		if err := lv.DomainSetVcpusFlags(dom, uint32(spec.Vcpus), liveFlag); err != nil {
+			log.Info("vcpus not changed live; pending", "err", err)
+		}
+	}
+	// Memory: the balloon target, up to the running maximum.
+	if spec.MemoryMib != have.MemoryMib && spec.MemoryMib <= have.MaxMemoryMib {
+		if err := lv.DomainSetMemoryFlags(dom, uint64(spec.MemoryMib)<<10, liveFlag); err != nil {
+			log.Info("memory not changed live; pending", "err", err)
+		}
+	}
+	hd, wd := diskKeys(have.Disks), diskKeys(spec.Disks)
+	for _, d := range want.Devices.Disks {
+		if d.Source == nil || d.Source.Volume == nil {
+			continue
+		}
+		k := d.Source.Volume.Pool + "/" + d.Source.Volume.Volume
+		if _, ok := hd[k]; ok {
+			continue
+		}
+		if err := attach(lv, dom, &d, liveFlag); err != nil {
+			log.Info("disk not attached live; pending", "disk", k, "err", err)
+		}
+	}
+	for _, d := range live.Devices.Disks {
+		if d.Source == nil || d.Source.Volume == nil {
+			continue
+		}
+		k := d.Source.Volume.Pool + "/" + d.Source.Volume.Volume
+		if _, ok := wd[k]; ok {
+			continue
+		}
+		if err := detach(lv, dom, &d, liveFlag); err != nil {
+			log.Info("disk not detached live; pending", "disk", k, "err", err)
+		}
+	}
+	hn, wn := nicKeys(have.Nics), nicKeys(spec.Nics)
+	for _, i := range want.Devices.Interfaces {
+		if _, ok := hn[i.MAC.Address]; ok {
+			continue
+		}
+		if err := attach(lv, dom, &i, liveFlag); err != nil {
+			log.Info("NIC not attached live; pending", "mac", i.MAC.Address, "err", err)
+		}
+	}
+	for _, i := range live.Devices.Interfaces {
+		if i.MAC == nil {
+			continue
+		}
+		if _, ok := wn[i.MAC.Address]; ok {
+			continue
+		}
+		if err := detach(lv, dom, &i, liveFlag); err != nil {
+			log.Info("NIC not detached live; pending", "mac", i.MAC.Address, "err", err)
+		}
+	}
+}
+
+type device interface{ Marshal() (string, error) }
+
+func attach(lv *libvirt.Libvirt, dom libvirt.Domain, dev device, flags uint32) error {
+	doc, err := dev.Marshal()
+	if err != nil {
+		return err
+	}
+	return lv.DomainAttachDeviceFlags(dom, doc, flags)
+}
+
+func detach(lv *libvirt.Libvirt, dom libvirt.Domain, dev device, flags uint32) error {
+	doc, err := dev.Marshal()
+	if err != nil {
+		return err
+	}
+	return lv.DomainDetachDeviceFlags(dom, doc, flags)
+}
+
+// Start boots a stopped VM; starting a running one is a no-op.
+func (m *Manager) Start(ctx context.Context, name string) error {
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return err
+	}
+	dom, err := lookup(lv, name)
+	if err != nil {
+		return err
+	}
+	st, _, err := lv.DomainGetState(dom, 0)
+	if err != nil {
+		return libvirtconn.Status(err, "VM %q state", name)
+	}
+	switch libvirt.DomainState(st) {
+	case libvirt.DomainRunning, libvirt.DomainBlocked:
+		return nil
+	case libvirt.DomainPaused:
+		return libvirtconn.Status(lv.DomainResume(dom), "resume VM %q", name)
+	}
+	if _, err := lv.DomainCreateWithFlags(dom, 0); err != nil {
+		return libvirtconn.Status(err, "start VM %q", name)
+	}
+	return nil
+}
+
+// Stop shuts a VM down: ACPI power button, then a forced power-off when
+// the guest has not stopped within timeout (at once with force). Stopping
+// a stopped VM is a no-op. It reports whether it had to force.
+func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration, force bool) error {
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return err
+	}
+	dom, err := lookup(lv, name)
+	if err != nil {
+		return err
+	}
+	return m.stop(ctx, lv, dom, timeout, force)
+}
+
+func (m *Manager) stop(ctx context.Context, lv *libvirt.Libvirt, dom libvirt.Domain, timeout time.Duration, force bool) error {
+	running := func() (bool, error) {
+		st, _, err := lv.DomainGetState(dom, 0)
+		if err != nil {
+			return false, libvirtconn.Status(err, "VM %q state", dom.Name)
+		}
+		return isActive(states[libvirt.DomainState(st)]), nil
+	}
+	up, err := running()
+	if err != nil || !up {
+		return err
+	}
+	if !force {
+		if err := lv.DomainShutdownFlags(dom, libvirt.DomainShutdownAcpiPowerBtn); err != nil && !libvirtconn.Is(err, libvirt.ErrOperationInvalid) {
+			m.log.Info("graceful shutdown request failed; forcing", "vm", dom.Name, "err", err)
+		} else {
+			deadline := time.NewTimer(timeout)
+			defer deadline.Stop()
+			tick := time.NewTicker(200 * time.Millisecond)
+			defer tick.Stop()
+		wait:
+			for {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-deadline.C:
+					m.log.Info("guest did not shut down in time; forcing", "vm", dom.Name, "timeout", timeout)
+					break wait
+				case <-tick.C:
+					up, err := running()
+					if err != nil {
+						return err
+					}
+					if !up {
+						return nil
+					}
+				}
+			}
+		}
+	}
+	if err := lv.DomainDestroyFlags(dom, 0); err != nil && !libvirtconn.Is(err, libvirt.ErrOperationInvalid) {
+		return libvirtconn.Status(err, "force off VM %q", dom.Name)
+	}
+	return nil
+}
+
+// Reboot restarts the guest: ACPI reboot request, or a reset with force.
+func (m *Manager) Reboot(ctx context.Context, name string, force bool) error {
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return err
+	}
+	dom, err := lookup(lv, name)
+	if err != nil {
+		return err
+	}
+	st, _, err := lv.DomainGetState(dom, 0)
+	if err != nil {
+		return libvirtconn.Status(err, "VM %q state", name)
+	}
+	if !isActive(states[libvirt.DomainState(st)]) {
+		return status.Errorf(codes.FailedPrecondition, "VM %q is not running; start it instead", name)
+	}
+	if force {
+		return libvirtconn.Status(lv.DomainReset(dom, 0), "reset VM %q", name)
+	}
+	return libvirtconn.Status(lv.DomainReboot(dom, libvirt.DomainRebootAcpiPowerBtn), "reboot VM %q", name)
+}
+
+// Delete forces the VM off and undefines it with its NVRAM and seed.
+// Its disk volumes stay.
+func (m *Manager) Delete(ctx context.Context, name string) error {
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return err
+	}
+	dom, err := lookup(lv, name)
+	if err != nil {
+		return err
+	}
+	x, err := domainXML(lv, dom, libvirt.DomainXMLInactive)
+	if err != nil {
+		return err
+	}
+	_, meta := specFromDomain(x)
+	if err := lv.DomainDestroyFlags(dom, 0); err != nil && !libvirtconn.Is(err, libvirt.ErrOperationInvalid) && !libvirtconn.NotFound(err) {
+		return libvirtconn.Status(err, "force off VM %q", name)
+	}
+	if err := lv.DomainUndefineFlags(dom, undefineFlags); err != nil && !libvirtconn.NotFound(err) {
+		return libvirtconn.Status(err, "undefine VM %q", name)
+	}
+	if meta.Seed != "" {
+		if err := os.Remove(meta.Seed); err != nil && !errors.Is(err, os.ErrNotExist) {
+			m.log.Warn("remove cloud-init seed", "vm", name, "err", err)
+		}
+	}
+	return nil
+}
+
+// Console copies the guest's serial console output to w until ctx ends or
+// the guest stops. It uses its own libvirt connection, whose closing is
+// what ends the stream inside libvirtd.
+func (m *Manager) Console(ctx context.Context, name string, w io.Writer) error {
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return err
+	}
+	dom, err := lookup(lv, name)
+	if err != nil {
+		return err
+	}
+	st, _, err := lv.DomainGetState(dom, 0)
+	if err != nil {
+		return libvirtconn.Status(err, "VM %q state", name)
+	}
+	if !isActive(states[libvirt.DomainState(st)]) {
+		return status.Errorf(codes.FailedPrecondition, "VM %q is not running: its console has no output", name)
+	}
+	own, err := m.conn.Dedicated(ctx)
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		// Force takes the console over from an earlier session (e.g. a
+		// dvctl that was killed) instead of failing.
+		done <- own.DomainOpenConsole(dom, libvirt.OptString{}, w, uint32(libvirt.DomainConsoleForce))
+	}()
+	select {
+	case err = <-done:
+		_ = own.Disconnect()
+	case <-ctx.Done():
+		_ = own.Disconnect()
+		<-done
+		return nil
+	}
+	if err != nil && ctx.Err() == nil {
+		if strings.Contains(err.Error(), "closed") {
+			return nil
+		}
+		return libvirtconn.Status(err, "console of VM %q", name)
+	}
+	return nil
+}
+
+// Addresses returns the guest's IP addresses from the given sources,
+// waiting up to wait for at least one.
+func (m *Manager) Addresses(ctx context.Context, name string, wait time.Duration, sources []v1.VMAddress_Source) ([]*v1.VMAddress, error) {
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	dom, err := lookup(lv, name)
+	if err != nil {
+		return nil, err
+	}
+	if len(sources) == 0 {
+		sources = []v1.VMAddress_Source{v1.VMAddress_SOURCE_AGENT, v1.VMAddress_SOURCE_LEASE}
+	}
+	src := map[v1.VMAddress_Source]libvirt.DomainInterfaceAddressesSource{
+		v1.VMAddress_SOURCE_AGENT: libvirt.DomainInterfaceAddressesSrcAgent,
+		v1.VMAddress_SOURCE_LEASE: libvirt.DomainInterfaceAddressesSrcLease,
+		v1.VMAddress_SOURCE_ARP:   libvirt.DomainInterfaceAddressesSrcArp,
+	}
+	deadline := time.Now().Add(wait)
+	lastErr := map[v1.VMAddress_Source]string{}
+	for {
+		st, _, err := lv.DomainGetState(dom, 0)
+		if err != nil {
+			return nil, libvirtconn.Status(err, "VM %q state", name)
+		}
+		if !isActive(states[libvirt.DomainState(st)]) {
+			return nil, status.Errorf(codes.FailedPrecondition, "VM %q is not running: it has no addresses", name)
+		}
+		var out []*v1.VMAddress
+		for _, s := range sources {
+			ifaces, err := lv.DomainInterfaceAddresses(dom, uint32(src[s]), 0)
+			if err != nil {
+				lastErr[s] = err.Error()
+				continue
+			}
+			lastErr[s] = "no address reported"
+			for _, i := range ifaces {
+				mac := ""
+				if len(i.Hwaddr) > 0 {
+					mac = i.Hwaddr[0]
+				}
+				for _, a := range i.Addrs {
+					if i.Name == "lo" || strings.HasPrefix(a.Addr, "127.") || a.Addr == "::1" || strings.HasPrefix(a.Addr, "fe80:") {
+						continue
+					}
+					out = append(out, &v1.VMAddress{Interface: i.Name, Mac: mac, Ip: a.Addr, Prefix: int32(a.Prefix), Source: s})
+				}
+			}
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+		if !time.Now().Before(deadline) {
+			var why []string
+			for _, s := range sources {
+				why = append(why, fmt.Sprintf("%s: %s", strings.ToLower(strings.TrimPrefix(s.String(), "SOURCE_")), lastErr[s]))
+			}
+			if wait == 0 {
+				return nil, nil
+			}
+			return nil, status.Errorf(codes.DeadlineExceeded, "VM %q reported no IP address within %s (%s); user-mode NICs are only visible to the guest agent", name, wait, strings.Join(why, "; "))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
