@@ -31,7 +31,8 @@ func describe(endpoint string, err error) string {
 		return fmt.Sprintf("The agent refused the client certificate: %s.\n\nCheck cert_file/key_file (DEBVISOR_CERT, DEBVISOR_KEY): "+
 			"they must be a client certificate issued by this cluster's CA (dvctl pki issue client) and not expired.", msg)
 	case st.Code() == codes.Unauthenticated:
-		return fmt.Sprintf("The agent did not accept our identity: %s.\n\nCheck that the client certificate was issued by this cluster's CA.", msg)
+		return fmt.Sprintf("The agent refused the client certificate: %s.\n\nCheck cert_file/key_file (DEBVISOR_CERT, DEBVISOR_KEY): "+
+			"they must be a client certificate issued by this cluster's CA (dvctl pki issue client) and not expired.", msg)
 	case st.Code() == codes.PermissionDenied:
 		return fmt.Sprintf("Permission denied: %s.\n\nThe client certificate's role does not allow this call; managing resources needs "+
 			"an operator or admin certificate (see dvctl pki show CERT).", msg)

@@ -50,13 +50,6 @@ data "debvisor_node" "this" {}
 		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
 		Steps: []resource.TestStep{
 			{
-				// A reader certificate given inline is enough to read the node.
-				Config: inline(a.Endpoint, a.Reader.CAPEM, a.Reader.CertPEM, a.Reader.KeyPEM),
-				ConfigStateChecks: []statecheck.StateCheck{
-					statecheck.ExpectKnownValue("data.debvisor_node.this", tfjsonpath.New("name"), knownvalue.StringExact(a.NodeName)),
-				},
-			},
-			{
 				// Nothing listens on port 1.
 				Config:      inline("127.0.0.1:1", a.Admin.CAPEM, a.Admin.CertPEM, a.Admin.KeyPEM),
 				ExpectError: regexp.MustCompile(`(?s)Cannot use the DebVisor agent at 127\.0\.0\.1:1.*unreachable`),
@@ -73,7 +66,14 @@ data "debvisor_node" "this" {}
 			},
 			{
 				Config:      `provider "debvisor" { request_timeout = "soon" }` + "\n" + `data "debvisor_node" "this" {}`,
-				ExpectError: regexp.MustCompile(`(?s)request_timeout.*not a positive duration`),
+				ExpectError: regexp.MustCompile(`(?s)request_timeout.*not a positive\s+duration`),
+			},
+			{
+				// A reader certificate given inline is enough to read the node.
+				Config: inline(a.Endpoint, a.Reader.CAPEM, a.Reader.CertPEM, a.Reader.KeyPEM),
+				ConfigStateChecks: []statecheck.StateCheck{
+					statecheck.ExpectKnownValue("data.debvisor_node.this", tfjsonpath.New("name"), knownvalue.StringExact(a.NodeName)),
+				},
 			},
 		},
 	})

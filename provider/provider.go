@@ -207,11 +207,13 @@ func (p *DebVisorProvider) Configure(ctx context.Context, req provider.Configure
 
 func (p *DebVisorProvider) Resources(_ context.Context) []func() resource.Resource {
 	return []func() resource.Resource{
+		NewStoragePoolResource,
 	}
 }
 
 func (p *DebVisorProvider) DataSources(_ context.Context) []func() datasource.DataSource {
 	return []func() datasource.DataSource{
 		NewNodeDataSource,
+		NewStoragePoolDataSource,
 	}
 }

@@ -35,6 +35,11 @@ func runTests(m *testing.M) int {
 	if os.Getenv("TF_ACC") == "" {
 		os.Setenv("TF_ACC", "1")
 	}
+	// terraform-plugin-testing's default reattach address uses the legacy namespace "-", which
+	// OpenTofu rejects; "hashicorp" is what both OpenTofu and Terraform resolve a bare "debvisor" to.
+	if os.Getenv("TF_ACC_PROVIDER_NAMESPACE") == "" {
+		os.Setenv("TF_ACC_PROVIDER_NAMESPACE", "hashicorp")
+	}
 	if err := ensureTerraformCLI(); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: no Terraform CLI for acceptance tests:", err)
 		return 1
@@ -88,6 +93,5 @@ func ensureTerraformCLI() error {
 	}
 	p := strings.TrimSpace(string(out))
 	os.Setenv("TF_ACC_TERRAFORM_PATH", p)
-	// The CLI is OpenTofu: tell terraform-plugin-testing not to look for a HashiCorp release.
 	return nil
 }
