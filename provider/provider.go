@@ -16,8 +16,8 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/types"
 
-	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
 	"github.com/debvisor/debvisor/api/client"
+	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
 )
 
 // Defaults for the provider's timeouts.

@@ -25,4 +25,3 @@ func stringList(v []string, prev types.List) types.List {
 	}
 	return types.ListValueMust(types.StringType, elems)
 }
-
