@@ -2,9 +2,12 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
 	"strings"
+	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -142,10 +145,53 @@ func (s *Server) identityFromCerts(chain []*x509.Certificate) (Identity, error) 
 	if len(chain) == 0 {
 		return Identity{}, status.Error(codes.Unauthenticated, "no client certificate presented: the DebVisor API requires mTLS (dvctl: set --cert/--key or a context)")
 	}
-	if err := pki.Verify(chain[0], chain[1:], s.pki.Roots(), s.now()); err != nil {
+	now := s.now()
+	roots := s.pki.Roots()
+	key := sha256.Sum256(chain[0].Raw)
+	if id, ok := s.verified.get(key, roots, now); ok {
+		return id, nil
+	}
+	if err := pki.Verify(chain[0], chain[1:], roots, now); err != nil {
 		return Identity{}, status.Error(codes.Unauthenticated, err.Error())
 	}
-	return Identity{Name: chain[0].Subject.CommonName, Role: pki.RoleOf(chain[0])}, nil
+	id := Identity{Name: chain[0].Subject.CommonName, Role: pki.RoleOf(chain[0])}
+	s.verified.put(key, roots, chain[0].NotAfter, id)
+	return id, nil
+}
+
+// verifyCache remembers certificates that verified against a given CA pool,
+// so that chain verification (signature checks) runs once per client
+// certificate rather than once per RPC. An entry is used only with the same
+// pool (a CA rotation reloads the pool and so invalidates everything) and
+// before the certificate's NotAfter.
+type verifyCache struct {
+	mu      sync.Mutex
+	entries map[[32]byte]verifiedEntry
+}
+
+type verifiedEntry struct {
+	roots    *x509.CertPool
+	notAfter time.Time
+	id       Identity
+}
+
+func (c *verifyCache) get(key [32]byte, roots *x509.CertPool, now time.Time) (Identity, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[key]
+	if !ok || e.roots != roots || !now.Before(e.notAfter) {
+		return Identity{}, false
+	}
+	return e.id, true
+}
+
+func (c *verifyCache) put(key [32]byte, roots *x509.CertPool, notAfter time.Time, id Identity) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries == nil || len(c.entries) > 10000 {
+		c.entries = map[[32]byte]verifiedEntry{}
+	}
+	c.entries[key] = verifiedEntry{roots: roots, notAfter: notAfter, id: id}
 }
 
 func authorize(id Identity, method string) error {

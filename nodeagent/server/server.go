@@ -70,6 +70,8 @@ type Server struct {
 
 	verified verifyCache
 
+	verified verifyCache
+
 	// nil without libvirt
 	vms     *vm.Manager
 	storage *storage.Manager

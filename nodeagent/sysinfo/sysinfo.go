@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,6 +30,28 @@ type Info struct {
 // Reader reads Info from a root directory ("/" on a node; a fixture dir in tests).
 type Reader struct {
 	Root string
+}
+
+// Cached reads the facts that cannot change while the system runs (machine
+// id, kernel, booted slot, boot time, OS release of the read-only root) once,
+// and the hostname on every call. The API serves these on every status call.
+type Cached struct {
+	once sync.Once
+	info Info
+	r    Reader
+}
+
+// NewCached returns a Cached reader over r.
+func NewCached(r Reader) *Cached { return &Cached{r: r} }
+
+// Read returns the cached facts with a fresh hostname.
+func (c *Cached) Read() Info {
+	c.once.Do(func() { c.info = c.r.Read() })
+	in := c.info
+	if h, err := os.Hostname(); err == nil {
+		in.Hostname = h
+	}
+	return in
 }
 
 // Read gathers what it can; missing files yield empty fields, never errors,
