@@ -12,14 +12,15 @@ import (
 )
 
 func TestAccNodeDataSource(t *testing.T) {
+	a := testAccAgent(t)
 	resource.Test(t, resource.TestCase{
 		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
 		Steps: []resource.TestStep{
 			{
 				Config: `data "debvisor_node" "this" {}`,
 				ConfigStateChecks: []statecheck.StateCheck{
-					statecheck.ExpectKnownValue("data.debvisor_node.this", tfjsonpath.New("name"), knownvalue.StringExact(testAgent.NodeName)),
-					statecheck.ExpectKnownValue("data.debvisor_node.this", tfjsonpath.New("id"), knownvalue.StringExact(testAgent.NodeName)),
+					statecheck.ExpectKnownValue("data.debvisor_node.this", tfjsonpath.New("name"), knownvalue.StringExact(a.NodeName)),
+					statecheck.ExpectKnownValue("data.debvisor_node.this", tfjsonpath.New("id"), knownvalue.StringExact(a.NodeName)),
 					statecheck.ExpectKnownValue("data.debvisor_node.this", tfjsonpath.New("agent_version"), knownvalue.StringRegexp(regexp.MustCompile(`.+`))),
 					statecheck.ExpectKnownValue("data.debvisor_node.this", tfjsonpath.New("architecture"), knownvalue.StringRegexp(regexp.MustCompile(`^(amd64|arm64|x86_64|aarch64)$`))),
 					statecheck.ExpectKnownValue("data.debvisor_node.this", tfjsonpath.New("boot_time"), knownvalue.StringRegexp(regexp.MustCompile(`^\d{4}-\d\d-\d\dT`))),
@@ -33,7 +34,7 @@ func TestAccNodeDataSource(t *testing.T) {
 // TestAccProviderConfig covers the provider block itself: inline PEM instead of the DEBVISOR_*
 // files, and the diagnostics for an unreachable agent and a refused certificate.
 func TestAccProviderConfig(t *testing.T) {
-	a := testAgent
+	a := testAccAgent(t)
 	inline := func(endpoint string, ca, cert, key []byte) string {
 		return fmt.Sprintf(`
 provider "debvisor" {

@@ -7,12 +7,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/hashicorp/terraform-plugin-framework/providerserver"
 	"github.com/hashicorp/terraform-plugin-go/tfprotov6"
 
 	"github.com/debvisor/debvisor/internal/testenv/agent"
+	"github.com/debvisor/debvisor/internal/testenv/libvirtd"
 )
 
 // testAccProtoV6ProviderFactories runs the provider in-process; the real CLI (OpenTofu from
@@ -21,9 +23,36 @@ var testAccProtoV6ProviderFactories = map[string]func() (tfprotov6.ProviderServe
 	"debvisor": providerserver.NewProtocol6WithError(New("test")()),
 }
 
-// testAgent is the real debvisor-agent every acceptance test in this package talks to. TestMain
-// starts it and exports DEBVISOR_* so that a bare `provider "debvisor" {}` reaches it.
-var testAgent *agent.Agent
+// The real debvisor-agent every acceptance test in this package talks to: the first test that
+// calls testAccAgent makes sure libvirtd runs and starts it, and it exports DEBVISOR_* so that a
+// bare `provider "debvisor" {}` reaches it; TestMain stops it at the end.
+var (
+	agentOnce sync.Once
+	testAgent *agent.Agent
+	agentErr  error
+	agentDir  string
+)
+
+// testAccAgent is the PreCheck of every acceptance test: it fails the test with the reason when
+// the agent or libvirtd cannot be had, never skips.
+func testAccAgent(t *testing.T) *agent.Agent {
+	t.Helper()
+	libvirtd.EnsureRunning(t)
+	agentOnce.Do(func() {
+		testAgent, agentErr = agent.Start(context.Background(), agent.Options{Dir: agentDir})
+		if agentErr != nil {
+			return
+		}
+		for _, kv := range testAgent.Env() {
+			k, v, _ := strings.Cut(kv, "=")
+			os.Setenv(k, v)
+		}
+	})
+	if agentErr != nil {
+		t.Fatalf("start debvisor-agent: %v", agentErr)
+	}
+	return testAgent
+}
 
 func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
@@ -50,24 +79,13 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	if err := prepareHost(); err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL: host not ready for acceptance tests:", err)
-		return 1
-	}
-	a, err := agent.Start(context.Background(), agent.Options{Dir: dir})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL: start debvisor-agent:", err)
-		return 1
-	}
-	testAgent = a
-	for _, kv := range a.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		os.Setenv(k, v)
-	}
+	agentDir = dir
 	code := m.Run()
-	a.Stop()
-	if code != 0 {
-		fmt.Fprintf(os.Stderr, "debvisor-agent log (%s):\n%s\n", a.LogFile, a.Log())
+	if a := testAgent; a != nil {
+		a.Stop()
+		if code != 0 {
+			fmt.Fprintf(os.Stderr, "debvisor-agent log (%s):\n%s\n", a.LogFile, a.Log())
+		}
 	}
 	return code
 }
