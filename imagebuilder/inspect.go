@@ -1,0 +1,296 @@
+package imagebuilder
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"path"
+	"strings"
+	"text/tabwriter"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/backend"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/filesystem/ext4"
+	"github.com/diskfs/go-diskfs/filesystem/fat32"
+	"github.com/diskfs/go-diskfs/filesystem/squashfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/debvisor/debvisor/osimage"
+)
+
+// Report is what inspect found in an image.
+type Report struct {
+	Image      string                      `json:"image"`
+	Size       int64                       `json:"size_bytes"`
+	DiskGUID   string                      `json:"disk_guid"`
+	Partitions []osimage.ManifestPartition `json:"partitions"`
+	Slots      map[string]SlotReport       `json:"slots"`
+	BootEnv    map[string]string           `json:"bootenv,omitempty"`
+	NextBoot   string                      `json:"next_boot,omitempty"`
+	Checked    []string                    `json:"checked"`
+	Problems   []string                    `json:"problems"`
+}
+
+// SlotReport describes one slot.
+type SlotReport struct {
+	Empty   bool   `json:"empty"`
+	Version string `json:"version,omitempty"`
+	Spec    string `json:"spec_digest,omitempty"`
+	Files   int    `json:"files_read,omitempty"`
+}
+
+// Inspect reads an image back with go-diskfs: partition table against the
+// layout contract, every file on the ESP, both grubenv copies, every file in
+// each slot's squashfs, and the data partition's ext4. It returns the report
+// and an error when anything is inconsistent.
+func Inspect(image string) (*Report, error) {
+	d, err := diskfs.Open(image, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", image, err)
+	}
+	defer d.Close()
+	r := &Report{Image: image, Size: d.Size, Slots: map[string]SlotReport{}, Checked: []string{}, Problems: []string{}}
+	bad := func(format string, a ...any) { r.Problems = append(r.Problems, fmt.Sprintf(format, a...)) }
+	pt, err := d.GetPartitionTable()
+	if err != nil {
+		return r, fmt.Errorf("%s: no readable partition table: %w", image, err)
+	}
+	table, ok := pt.(*gpt.Table)
+	if !ok {
+		return r, fmt.Errorf("%s: partition table is %s, not GPT", image, pt.Type())
+	}
+	r.DiskGUID = table.GUID
+	if table.RecoveredFromBackup {
+		bad("primary GPT is damaged (read from the backup)")
+	}
+	want := map[int][2]string{
+		osimage.PartESP: {osimage.LabelESP, osimage.TypeEFISystem}, osimage.PartA: {osimage.LabelA, osimage.TypeLinuxFilesystem},
+		osimage.PartB: {osimage.LabelB, osimage.TypeLinuxFilesystem}, osimage.PartData: {osimage.LabelData, osimage.TypeLinuxFilesystem},
+	}
+	parts := map[int]*gpt.Partition{}
+	for _, p := range table.Partitions {
+		if p.Type == gpt.Unused {
+			continue
+		}
+		parts[p.Index] = p
+		r.Partitions = append(r.Partitions, osimage.ManifestPartition{Number: p.Index, Label: p.Name, Type: strings.ToUpper(string(p.Type)), GUID: p.GUID, Start: p.GetStart(), Size: p.GetSize()})
+	}
+	for n := osimage.PartESP; n <= osimage.PartData; n++ {
+		p, ok := parts[n]
+		switch {
+		case !ok:
+			bad("partition %d (%s) is missing", n, want[n][0])
+		case p.Name != want[n][0]:
+			bad("partition %d is labelled %q, want %q", n, p.Name, want[n][0])
+		case !strings.EqualFold(string(p.Type), want[n][1]):
+			bad("partition %d has type %s, want %s", n, p.Type, want[n][1])
+		}
+	}
+	if a, b := parts[osimage.PartA], parts[osimage.PartB]; a != nil && b != nil && a.GetSize() != b.GetSize() {
+		bad("slots differ in size: A %d, B %d bytes", a.GetSize(), b.GetSize())
+	}
+	if len(r.Problems) > 0 {
+		return r, r.err()
+	}
+	r.Checked = append(r.Checked, "gpt")
+	r.inspectESP(d.Backend, parts[osimage.PartESP])
+	for _, s := range osimage.Slots {
+		r.inspectSlot(d.Backend, s, parts[s.Partition()])
+	}
+	r.inspectData(d.Backend, parts[osimage.PartData])
+	return r, r.err()
+}
+
+func (r *Report) err() error {
+	if len(r.Problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: %d problem(s): %s", r.Image, len(r.Problems), strings.Join(r.Problems, "; "))
+}
+
+func (r *Report) inspectESP(b backend.Storage, p *gpt.Partition) {
+	fs, err := fat32.Read(b, p.GetSize(), p.GetStart(), sectorSize)
+	if err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("ESP: not a readable FAT32: %v", err))
+		return
+	}
+	n, err := readAll(fs, "/")
+	if err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("ESP: %v", err))
+		return
+	}
+	for _, f := range []string{osimage.ESPBootloader, osimage.ESPGrubCfg} {
+		if st, err := fs.Stat("/" + f); err != nil || st.Size() == 0 {
+			r.Problems = append(r.Problems, fmt.Sprintf("ESP: %s missing or empty", f))
+		}
+	}
+	primary, _ := readFile(fs, "/"+osimage.ESPGrubEnv)
+	backup, _ := readFile(fs, "/"+osimage.ESPGrubEnvBackup)
+	copies, err := osimage.ReadBootEnvCopies(primary, backup)
+	if err != nil {
+		r.Problems = append(r.Problems, "ESP: "+err.Error())
+		return
+	}
+	if copies.RepairPrimary {
+		r.Problems = append(r.Problems, "ESP: primary grubenv is damaged (backup is intact)")
+	}
+	if copies.RepairBackup {
+		r.Problems = append(r.Problems, "ESP: backup grubenv is damaged or differs from the primary")
+	}
+	r.BootEnv = map[string]string{}
+	for _, k := range []string{osimage.EnvOrder, "A_OK", "A_TRY", "B_OK", "B_TRY"} {
+		r.BootEnv[k] = copies.Env.Get(k)
+	}
+	slot, fallback := copies.Env.NextBoot()
+	r.NextBoot = string(slot)
+	if fallback {
+		r.NextBoot += " (fallback: no slot with a clean boot counter)"
+	}
+	r.Checked = append(r.Checked, fmt.Sprintf("esp: fat32, %d files read", n))
+}
+
+func (r *Report) inspectSlot(b backend.Storage, s osimage.Slot, p *gpt.Partition) {
+	head := make([]byte, 4)
+	if _, err := b.ReadAt(head, p.GetStart()); err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("slot %s: %v", s, err))
+		return
+	}
+	if bytes.Equal(head, make([]byte, 4)) {
+		r.Slots[string(s)] = SlotReport{Empty: true}
+		r.Checked = append(r.Checked, fmt.Sprintf("slot %s: empty", s))
+		if ok, _ := r.slotOK(s); ok {
+			r.Problems = append(r.Problems, fmt.Sprintf("slot %s is empty but grubenv marks it bootable", s))
+		}
+		return
+	}
+	fs, err := squashfs.Read(b, p.GetSize(), p.GetStart(), 4096)
+	if err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("slot %s: not a readable squashfs: %v", s, err))
+		return
+	}
+	n, err := readAll(fs, "/")
+	if err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("slot %s: %v", s, err))
+		return
+	}
+	rep := SlotReport{Files: n}
+	rel, err := readFile(fs, "/"+ReleaseFile)
+	if err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("slot %s: no %s: %v", s, ReleaseFile, err))
+	}
+	for _, line := range strings.Split(string(rel), "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "VERSION":
+			rep.Version = v
+		case "SPEC_DIGEST":
+			rep.Spec = v
+		}
+	}
+	for _, f := range []string{"/boot/vmlinuz", "/boot/initrd.img"} {
+		if _, err := fs.Stat(f); err != nil {
+			r.Problems = append(r.Problems, fmt.Sprintf("slot %s: %s: %v", s, f, err))
+		}
+	}
+	r.Slots[string(s)] = rep
+	r.Checked = append(r.Checked, fmt.Sprintf("slot %s: squashfs, %d files read", s, n))
+}
+
+func (r *Report) slotOK(s osimage.Slot) (bool, bool) {
+	return r.BootEnv[osimage.EnvOK(s)] == "1", r.BootEnv[osimage.EnvTry(s)] == "1"
+}
+
+func (r *Report) inspectData(b backend.Storage, p *gpt.Partition) {
+	fs, err := ext4.Read(b, p.GetSize(), p.GetStart(), sectorSize)
+	if err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("data: not a readable ext4: %v", err))
+		return
+	}
+	if l := strings.TrimRight(fs.Label(), "\x00"); l != osimage.LabelData {
+		r.Problems = append(r.Problems, fmt.Sprintf("data: ext4 label %q, want %q", l, osimage.LabelData))
+	}
+	n, err := readAll(fs, "/")
+	if err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("data: %v", err))
+		return
+	}
+	r.Checked = append(r.Checked, fmt.Sprintf("data: ext4, %d files read", n))
+}
+
+// readAll walks a filesystem and reads every regular file to the end,
+// which makes the reader follow every directory, inode and data block.
+func readAll(fs filesystem.FileSystem, dir string) (int, error) {
+	ents, err := fs.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("read dir %s: %w", dir, err)
+	}
+	n := 0
+	for _, e := range ents {
+		if e.Name() == "." || e.Name() == ".." || e.Name() == "lost+found" {
+			continue
+		}
+		p := path.Join(dir, e.Name())
+		switch {
+		case e.IsDir():
+			m, err := readAll(fs, p)
+			n += m
+			if err != nil {
+				return n, err
+			}
+		case e.Type()&iofs.ModeType == 0:
+			if _, err := readFile(fs, p); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	return n, nil
+}
+
+func readFile(fs filesystem.FileSystem, p string) ([]byte, error) {
+	f, err := fs.OpenFile(p, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", p, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", p, err)
+	}
+	return b, nil
+}
+
+// WriteText prints the report for people.
+func (r *Report) WriteText(w io.Writer) {
+	fmt.Fprintf(w, "image     %s (%d MiB, disk %s)\n", r.Image, r.Size>>20, r.DiskGUID)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "#\tlabel\tstart\tsize\tguid")
+	for _, p := range r.Partitions {
+		fmt.Fprintf(tw, "%d\t%s\t%d MiB\t%d MiB\t%s\n", p.Number, p.Label, p.Start>>20, p.Size>>20, p.GUID)
+	}
+	tw.Flush()
+	for _, s := range osimage.Slots {
+		sr, ok := r.Slots[string(s)]
+		switch {
+		case !ok:
+			fmt.Fprintf(w, "slot %s    unreadable\n", s)
+		case sr.Empty:
+			fmt.Fprintf(w, "slot %s    empty\n", s)
+		default:
+			fmt.Fprintf(w, "slot %s    version %s (%s)\n", s, sr.Version, sr.Spec)
+		}
+	}
+	if r.BootEnv != nil {
+		fmt.Fprintf(w, "grubenv   ORDER=%q A_OK=%s A_TRY=%s B_OK=%s B_TRY=%s -> next boot: %s\n",
+			r.BootEnv["ORDER"], r.BootEnv["A_OK"], r.BootEnv["A_TRY"], r.BootEnv["B_OK"], r.BootEnv["B_TRY"], r.NextBoot)
+	}
+	for _, c := range r.Checked {
+		fmt.Fprintf(w, "ok        %s\n", c)
+	}
+	for _, p := range r.Problems {
+		fmt.Fprintf(w, "PROBLEM   %s\n", p)
+	}
+}
+
