@@ -208,6 +208,7 @@ func (p *DebVisorProvider) Configure(ctx context.Context, req provider.Configure
 func (p *DebVisorProvider) Resources(_ context.Context) []func() resource.Resource {
 	return []func() resource.Resource{
 		NewStoragePoolResource,
+		NewVolumeResource,
 	}
 }
 
