@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/goccy/go-yaml"
+	"github.com/debvisor/debvisor/internal/yamlstrict"
 )
 
 // DefaultPath is where the agent looks for its configuration on a node.
@@ -119,9 +119,8 @@ func Parse(data []byte) (Config, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return c, c.Validate()
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data), yaml.DisallowUnknownField(), yaml.Strict())
-	if err := dec.Decode(&c); err != nil {
-		return Config{}, errors.New(yaml.FormatError(err, false, true))
+	if err := yamlstrict.Decode(data, &c); err != nil {
+		return Config{}, err
 	}
 	return c, c.Validate()
 }

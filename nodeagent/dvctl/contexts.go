@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 
 	"github.com/goccy/go-yaml"
+
+	"github.com/debvisor/debvisor/internal/yamlstrict"
 )
 
 // File is dvctl's config: named contexts, like a kubeconfig.
@@ -57,8 +59,8 @@ func ParseFile(data []byte) (*File, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return f, nil
 	}
-	if err := yaml.NewDecoder(bytes.NewReader(data), yaml.DisallowUnknownField(), yaml.Strict()).Decode(f); err != nil {
-		return nil, errors.New(yaml.FormatError(err, false, true))
+	if err := yamlstrict.Decode(data, f); err != nil {
+		return nil, err
 	}
 	seen := map[string]bool{}
 	for i, c := range f.Contexts {
