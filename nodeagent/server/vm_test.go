@@ -1,0 +1,224 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/internal/testenv/libvirtd"
+)
+
+// bootSpec is a small VM booting the test guest from pool/vol.
+func bootSpec(pool, vol string) *v1.VMSpec {
+	return &v1.VMSpec{
+		Vcpus: 1, MemoryMib: 64,
+		Disks:      []*v1.Disk{{Pool: pool, Volume: vol, BootOrder: 1}},
+		Nics:       []*v1.NIC{{Type: v1.NIC_TYPE_USER}},
+		PowerState: v1.PowerState_POWER_STATE_RUNNING,
+	}
+}
+
+// TestVMLifecycle: pool → volume → VM → start → console → stop → delete on
+// real QEMU, with virsh as the witness that the API tells the truth.
+func TestVMLifecycle(t *testing.T) {
+	a := startLibvirtAgent(t)
+	ctx := context.Background()
+	pool := a.pool(t)
+	vol := a.prefix + "boot.img"
+	a.upload(t, pool, vol, libvirtd.BootSector(libvirtd.GuestMessage))
+
+	// virsh sees the pool and the volume the API reports.
+	p, err := a.storage.GetPool(ctx, &v1.GetPoolRequest{Name: pool})
+	must(t, err)
+	if got := mustVirsh(t, "pool-uuid", pool); got != p.GetUuid() || p.GetState() != v1.Pool_STATE_RUNNING {
+		t.Fatalf("virsh pool-uuid = %q, API %q (%s)", got, p.GetUuid(), p.GetState())
+	}
+	v, err := a.storage.GetVolume(ctx, &v1.GetVolumeRequest{Pool: pool, Name: vol})
+	must(t, err)
+	if got := mustVirsh(t, "vol-path", "--pool", pool, vol); got != v.GetPath() || v.GetCapacityBytes() != 1<<20 {
+		t.Fatalf("virsh vol-path = %q, API %q, capacity %d", got, v.GetPath(), v.GetCapacityBytes())
+	}
+
+	name := a.prefix + "vm"
+	a.cleanupVM(t, name)
+	op := a.ok(t)(a.vms.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: name, Spec: bootSpec(pool, vol)}}))
+	if op.GetId() == "" || op.GetResult()["uuid"] == "" {
+		t.Fatalf("create operation has no id or uuid: %v", op)
+	}
+
+	got := a.readConsole(t, name, libvirtd.GuestMessage, 90*time.Second)
+	t.Logf("console: %q", got)
+
+	vm, err := a.vms.GetVM(ctx, &v1.GetVMRequest{Name: name})
+	must(t, err)
+	if vm.GetStatus().GetUuid() != op.GetResult()["uuid"] || vm.GetStatus().GetState() != v1.VMStatus_STATE_RUNNING {
+		t.Fatalf("GetVM status = %v, create said uuid %s", vm.GetStatus(), op.GetResult()["uuid"])
+	}
+	if len(vm.GetStatus().GetPendingChanges()) != 0 {
+		t.Errorf("fresh VM has pending changes: %v", vm.GetStatus().GetPendingChanges())
+	}
+	if s := vm.GetSpec(); s.GetVcpus() != 1 || s.GetMemoryMib() != 64 || len(s.GetDisks()) != 1 || s.GetDisks()[0].GetTarget() != "vda" || len(s.GetNics()) != 1 || s.GetNics()[0].GetMac() == "" {
+		t.Fatalf("GetVM spec = %v", s)
+	}
+	// virsh agrees on identity, state, resources, disk and NIC.
+	if u := mustVirsh(t, "domuuid", name); u != vm.GetStatus().GetUuid() {
+		t.Errorf("virsh domuuid = %q, API %q", u, vm.GetStatus().GetUuid())
+	}
+	if st := mustVirsh(t, "domstate", name); st != "running" {
+		t.Errorf("virsh domstate = %q", st)
+	}
+	info := mustVirsh(t, "dominfo", name)
+	for _, want := range []string{"CPU(s):         1", "Used memory:    65536 KiB"} {
+		if !strings.Contains(info, want) {
+			t.Errorf("virsh dominfo lacks %q:\n%s", want, info)
+		}
+	}
+	if bl := mustVirsh(t, "domblklist", name); !strings.Contains(bl, "vda") || !strings.Contains(bl, vol) {
+		t.Errorf("virsh domblklist = %q, want vda on volume %s", bl, vol)
+	}
+	if il := mustVirsh(t, "domiflist", name); !strings.Contains(il, vm.GetSpec().GetNics()[0].GetMac()) || !strings.Contains(il, "user") {
+		t.Errorf("virsh domiflist = %q, want user NIC %s", il, vm.GetSpec().GetNics()[0].GetMac())
+	}
+	// The list agrees with get.
+	l, err := a.vms.ListVMs(ctx, &v1.ListVMsRequest{})
+	must(t, err)
+	found := false
+	for _, x := range l.GetVms() {
+		if x.GetName() == name {
+			found = proto.Equal(x, vm)
+		}
+	}
+	if !found {
+		t.Errorf("ListVMs does not report %s as GetVM does", name)
+	}
+	// A volume in use cannot be deleted.
+	op, err = a.storage.DeleteVolume(ctx, &v1.DeleteVolumeRequest{Pool: pool, Name: vol})
+	must(t, err)
+	if done := a.waitEnd(t, op); codes.Code(done.GetErrorCode()) != codes.FailedPrecondition || !strings.Contains(done.GetError(), "in use by VM") {
+		t.Errorf("delete of a volume in use: %v", done)
+	}
+
+	// Addresses: a user-mode NIC without a guest agent has none; the call
+	// waits and says so.
+	_, err = a.vms.GetVMAddresses(ctx, &v1.GetVMAddressesRequest{Name: name, WaitTimeout: durationpb.New(2 * time.Second)})
+	statusIs(t, err, codes.DeadlineExceeded, "reported no IP address within 2s")
+
+	// Reboot and see the guest come back on the console.
+	a.ok(t)(a.vms.RebootVM(ctx, &v1.RebootVMRequest{Name: name, Force: true}))
+	a.readConsole(t, name, libvirtd.GuestMessage, 60*time.Second)
+
+	// The test guest ignores ACPI: stop waits for the timeout, then forces.
+	a.ok(t)(a.vms.StopVM(ctx, &v1.StopVMRequest{Name: name, Timeout: durationpb.New(time.Second)}))
+	if st := mustVirsh(t, "domstate", name); st != "shut off" {
+		t.Errorf("after StopVM virsh domstate = %q", st)
+	}
+	vm, err = a.vms.GetVM(ctx, &v1.GetVMRequest{Name: name})
+	must(t, err)
+	if vm.GetStatus().GetState() != v1.VMStatus_STATE_STOPPED {
+		t.Errorf("after StopVM state = %s", vm.GetStatus().GetState())
+	}
+	a.ok(t)(a.vms.StartVM(ctx, &v1.StartVMRequest{Name: name}))
+	a.readConsole(t, name, libvirtd.GuestMessage, 60*time.Second)
+
+	a.ok(t)(a.vms.DeleteVM(ctx, &v1.DeleteVMRequest{Name: name}))
+	if out, err := virsh(t, "dominfo", name); err == nil {
+		t.Errorf("virsh still sees %s after DeleteVM: %s", name, out)
+	}
+	_, err = a.vms.GetVM(ctx, &v1.GetVMRequest{Name: name})
+	statusIs(t, err, codes.NotFound, "not found")
+
+	// The volume is free again and can be deleted; then the pool.
+	a.ok(t)(a.storage.DeleteVolume(ctx, &v1.DeleteVolumeRequest{Pool: pool, Name: vol}))
+	if out, err := virsh(t, "vol-info", "--pool", pool, vol); err == nil {
+		t.Errorf("virsh still sees the volume: %s", out)
+	}
+	a.ok(t)(a.storage.DeletePool(ctx, &v1.DeletePoolRequest{Name: pool, DeleteStorage: true}))
+	if out, err := virsh(t, "pool-info", pool); err == nil {
+		t.Errorf("virsh still sees the pool: %s", out)
+	}
+}
+
+// TestVMParallelCreate: 50 VMs created (and started) at once through the
+// API, all listed, all deleted, with no errors.
+func TestVMParallelCreate(t *testing.T) {
+	a := startLibvirtAgent(t)
+	ctx := context.Background()
+	const n = 50
+	names := make([]string, n)
+	for i := range names {
+		names[i] = sprintf("%sp%02d", a.prefix, i)
+		a.cleanupVM(t, names[i])
+	}
+	runAll := func(f func(name string) error) {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for _, name := range names {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := f(name); err != nil {
+					errs <- err
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+	runAll(func(name string) error {
+		op, err := a.vms.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: name, Spec: &v1.VMSpec{
+			Vcpus: 1, MemoryMib: 32, Nics: []*v1.NIC{{Type: v1.NIC_TYPE_USER}},
+		}}})
+		if err != nil {
+			return err
+		}
+		if done := a.waitEnd(t, op); done.GetState() != v1.Operation_STATE_SUCCEEDED {
+			return sprintfErr("create %s: %s", name, done.GetError())
+		}
+		return nil
+	})
+	l, err := a.vms.ListVMs(ctx, &v1.ListVMsRequest{})
+	must(t, err)
+	running := map[string]bool{}
+	for _, vm := range l.GetVms() {
+		running[vm.GetName()] = vm.GetStatus().GetState() == v1.VMStatus_STATE_RUNNING
+	}
+	virshList := mustVirsh(t, "list", "--name")
+	for _, name := range names {
+		if !running[name] {
+			t.Errorf("%s not listed as running", name)
+		}
+		if !strings.Contains(virshList, name) {
+			t.Errorf("virsh list does not show %s", name)
+		}
+	}
+	runAll(func(name string) error {
+		op, err := a.vms.DeleteVM(ctx, &v1.DeleteVMRequest{Name: name})
+		if err != nil {
+			return err
+		}
+		if done := a.waitEnd(t, op); done.GetState() != v1.Operation_STATE_SUCCEEDED {
+			return sprintfErr("delete %s: %s", name, done.GetError())
+		}
+		return nil
+	})
+	all := mustVirsh(t, "list", "--all", "--name")
+	for _, name := range names {
+		if strings.Contains(all, name) {
+			t.Errorf("virsh still lists %s after delete", name)
+		}
+	}
+}
