@@ -90,11 +90,20 @@ func (s *Size) UnmarshalYAML(b []byte) error {
 	str := strings.Trim(strings.TrimSpace(string(b)), `"'`)
 	v, err := ParseSize(str)
 	if err != nil {
-		return err
+		return &sizeError{raw: str, err: err}
 	}
 	*s = v
 	return nil
 }
+
+// sizeError lets ParseSpec put a line and field on a bad size: go-yaml
+// does not locate errors returned by custom unmarshalers.
+type sizeError struct {
+	raw string
+	err error
+}
+
+func (e *sizeError) Error() string { return e.err.Error() }
 
 // MarshalJSON renders the human form (the digest uses JSON).
 func (s Size) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
@@ -188,6 +197,16 @@ func ParseSpec(data []byte, dir string) (*Spec, error) {
 	if len(bytes.TrimSpace(data)) > 0 {
 		dec := yaml.NewDecoder(bytes.NewReader(data), yaml.DisallowUnknownField(), yaml.Strict())
 		if err := dec.Decode(&s); err != nil {
+			var se *sizeError
+			if errors.As(err, &se) {
+				file, _ := parser.ParseBytes(data, 0)
+				for _, field := range []string{"slot_size", "esp_size", "data_size"} {
+					if line := lineOf(file, field); line > 0 && nodeValue(file, field) == se.raw {
+						return nil, &SpecError{Line: line, Field: field, Msg: se.Error()}
+					}
+				}
+				return nil, se
+			}
 			return nil, errors.New(yaml.FormatError(err, false, true))
 		}
 	}
@@ -229,6 +248,19 @@ func lineOf(file *ast.File, field string) int {
 		f = f[:i]
 	}
 	return 0
+}
+
+// nodeValue returns the scalar text at a field path.
+func nodeValue(file *ast.File, field string) string {
+	p, err := yaml.PathString("$." + field)
+	if err != nil || file == nil {
+		return ""
+	}
+	n, err := p.FilterFile(file)
+	if err != nil || n == nil {
+		return ""
+	}
+	return strings.Trim(strings.TrimSpace(n.String()), `"'`)
 }
 
 var (

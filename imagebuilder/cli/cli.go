@@ -41,7 +41,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newBuild(stdout, stderr), newInspect(stdout), newDefaultSpec(stdout))
+	root.AddCommand(newBuild(stdout, stderr), newInspect(stdout), newDefaultSpec(stdout), newSeed(stdout))
 	return root
 }
 
@@ -150,6 +150,27 @@ func newDefaultSpec(stdout io.Writer) *cobra.Command {
 			return err
 		},
 	}
+}
+
+func newSeed(stdout io.Writer) *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "seed PRESEED -o FILE.iso",
+		Short: "Write a DEBVISOR-SEED volume (ISO9660) with a preseed and the PKI files it names, for firstboot",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return errors.New("-o FILE is required")
+			}
+			if err := imagebuilder.MakeSeed(args[0], out); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&out, "output", "o", "", "ISO file to write")
+	return cmd
 }
 
 func loadSpec(args []string) (*imagebuilder.Spec, error) {

@@ -1,0 +1,172 @@
+package imagebuilder_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/debvisor/debvisor/imagebuilder"
+)
+
+// bootTimeout bounds one UEFI boot under TCG on a busy 2-core machine.
+const bootTimeout = 6 * time.Minute
+
+// seedFixture makes the user's flow: a CA, a node certificate for the
+// forwarded address and an admin client certificate with dvctl, an SSH
+// key, and a DEBVISOR-SEED volume carrying all of it.
+type seedFixture struct {
+	dir, seed, sshKey, pubKey string
+}
+
+func newSeed(t *testing.T) seedFixture {
+	t.Helper()
+	requireTools(t, "ssh", "ssh-keygen")
+	_, dvctl := binaries(t)
+	dir := t.TempDir()
+	pki := filepath.Join(dir, "pki")
+	run(t, dvctl, "pki", "init-ca", "--dir", pki)
+	run(t, dvctl, "pki", "issue", "node", "node1", "--dir", pki, "--host", "127.0.0.1", "--host", "node1")
+	run(t, dvctl, "pki", "issue", "client", "admin", "--role", "admin", "--dir", pki)
+	key := filepath.Join(dir, "id_ed25519")
+	run(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key)
+	pub, err := os.ReadFile(key + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	preseed := fmt.Sprintf(`version: 1
+hostname: node1
+ssh_authorized_keys:
+  - %s
+pki:
+  ca: pki/ca.crt
+  cert: pki/node1.crt
+  key: pki/node1.key
+`, strings.TrimSpace(string(pub)))
+	ps := filepath.Join(dir, "preseed.yaml")
+	if err := os.WriteFile(ps, []byte(preseed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	seed := filepath.Join(dir, "seed.iso")
+	if err := imagebuilder.MakeSeed(ps, seed); err != nil {
+		t.Fatal(err)
+	}
+	return seedFixture{dir: dir, seed: seed, sshKey: key, pubKey: string(pub)}
+}
+
+// dvctlStatus asks the agent in the guest for its node status over mTLS
+// through the forwarded port, with the real client.
+func dvctlStatus(t *testing.T, s seedFixture, port int) (map[string]any, error) {
+	_, dvctl := binaries(t)
+	pki := filepath.Join(s.dir, "pki")
+	out, err := exec.Command(dvctl, "status", "-o", "json", "--node", fmt.Sprintf("127.0.0.1:%d", port),
+		"--ca", filepath.Join(pki, "ca.crt"), "--cert", filepath.Join(pki, "admin.crt"), "--key", filepath.Join(pki, "admin.key")).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("dvctl status: %v: %s", err, out)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(out, &m); err != nil {
+		return nil, fmt.Errorf("dvctl status output: %v: %s", err, out)
+	}
+	return m, nil
+}
+
+// TestBootEndToEnd boots the default image under QEMU/OVMF from a larger
+// virtual disk with a seed volume, checks the first boot, reboots, and
+// checks that the second boot keeps /etc and does not rerun firstboot.
+func TestBootEndToEnd(t *testing.T) {
+	img := defaultImage(t)
+	seed := newSeed(t)
+	v := startVM(t, img.Raw, vmConfig{DiskSize: "6G", Seed: seed.seed, Network: true}, seed.sshKey)
+
+	v.waitConsole(bootTimeout, "debvisor: booting slot A")
+	v.waitSSH(bootTimeout)
+	state := v.mustSSH("systemctl is-system-running --wait || true")
+	t.Logf("system state after first boot: %s", state)
+	if out := v.mustSSH("systemctl is-active multi-user.target"); out != "active" {
+		t.Fatalf("multi-user.target: %s", out)
+	}
+	cmdline := v.mustSSH("cat /proc/cmdline")
+	if !strings.Contains(cmdline, "debvisor.slot=A") || !strings.Contains(cmdline, "debvisor.fallback=0") {
+		t.Fatalf("GRUB did not boot slot A normally: %s", cmdline)
+	}
+	// firstboot: host keys, stamp, preseed applied, data grown.
+	v.mustSSH("test -s /etc/ssh/ssh_host_ed25519_key && test -f /var/lib/debvisor/firstboot.done")
+	hostKey1 := v.mustSSH("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
+	if h := v.mustSSH("hostname"); h != "node1" {
+		t.Fatalf("preseed hostname not applied: %q", h)
+	}
+	diskBytes, _ := strconv.ParseInt(v.mustSSH("blockdev --getsize64 /dev/vda"), 10, 64)
+	dataBytes, _ := strconv.ParseInt(v.mustSSH("blockdev --getsize64 /dev/disk/by-partlabel/debvisor-data"), 10, 64)
+	fsBytes, _ := strconv.ParseInt(v.mustSSH("df -B1 --output=size /data | tail -1"), 10, 64)
+	t.Logf("disk %d, data partition %d, data fs %d bytes", diskBytes, dataBytes, fsBytes)
+	if diskBytes < 6<<30 || dataBytes < diskBytes-int64(img.Manifest.Partitions[3].Start)-(4<<20) || fsBytes < dataBytes*9/10 {
+		t.Fatalf("data partition was not grown to fill the disk: disk %d, partition %d, filesystem %d", diskBytes, dataBytes, fsBytes)
+	}
+	// Soft immutability: / is the slot's read-only squashfs, /etc an overlay.
+	if out := v.mustSSH("findmnt -n -o FSTYPE,OPTIONS /"); !strings.HasPrefix(out, "squashfs") || !strings.Contains(out, "ro") {
+		t.Fatalf("root mount: %s", out)
+	}
+	if out, err := v.ssh("touch /usr/debvisor-write-test"); err == nil {
+		t.Fatalf("writing under / succeeded: %s", out)
+	}
+	if out := v.mustSSH("findmnt -n -o FSTYPE /etc"); out != "overlay" {
+		t.Fatalf("/etc is %s, want overlay", out)
+	}
+	v.mustSSH("echo persisted > /etc/debvisor-e2e-marker")
+	// The agent answers over mTLS through the forwarded port.
+	var status map[string]any
+	waitFor(t, 2*time.Minute, "the agent to answer over mTLS", func() bool {
+		var err error
+		status, err = dvctlStatus(t, seed, v.apiPort)
+		if err != nil {
+			t.Log(err)
+		}
+		return err == nil
+	})
+	if status["bootedSlot"] != "A" && status["booted_slot"] != "A" {
+		t.Fatalf("agent reports booted slot %v, want A (status %v)", status["bootedSlot"], status)
+	}
+	if out, err := v.ssh("/usr/local/sbin/validate-components.sh"); err != nil {
+		t.Logf("validate-components.sh on first boot: %v\n%s", err, out)
+	}
+
+	// Second boot.
+	v.ssh("systemctl reboot")
+	waitFor(t, 2*time.Minute, "the guest to go down", func() bool {
+		_, err := v.ssh("true")
+		return err != nil
+	})
+	v.waitSSH(bootTimeout)
+	v.mustSSH("systemctl is-system-running --wait || true")
+	if out := v.mustSSH("cat /etc/debvisor-e2e-marker"); out != "persisted" {
+		t.Fatalf("/etc change lost across reboot: %q", out)
+	}
+	if out := v.mustSSH("systemctl show -p ConditionResult --value debvisor-firstboot.service"); out != "no" {
+		t.Fatalf("firstboot ran again on the second boot (ConditionResult=%s)", out)
+	}
+	if k := v.mustSSH("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"); k != hostKey1 {
+		t.Fatalf("host key changed across reboot: %s -> %s", hostKey1, k)
+	}
+	if n := strings.Count(v.console(), "debvisor: booting slot"); n != 2 {
+		t.Fatalf("want 2 GRUB boots on the console, saw %d", n)
+	}
+	waitFor(t, 2*time.Minute, "the agent after reboot", func() bool {
+		_, err := dvctlStatus(t, seed, v.apiPort)
+		return err == nil
+	})
+}
+
+// TestBootWithoutNetworkStartsNetcfg boots with no network device at all:
+// firstboot must put the network console on tty1.
+func TestBootWithoutNetworkStartsNetcfg(t *testing.T) {
+	img := defaultImage(t)
+	v := startVM(t, img.Raw, vmConfig{DiskSize: "4G"}, "")
+	v.waitConsole(bootTimeout, "no network is up")
+	v.waitConsole(2*time.Minute, "Started debvisor-netcfg.service")
+}
