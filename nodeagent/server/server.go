@@ -70,7 +70,6 @@ type Server struct {
 
 	verified verifyCache
 
-	verified verifyCache
 
 	// nil without libvirt
 	vms     *vm.Manager
