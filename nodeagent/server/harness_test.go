@@ -85,7 +85,7 @@ type testAgent struct {
 	addr Addrs
 }
 
-func startAgent(t testing.TB) *testAgent {
+func startAgent(t testing.TB, mods ...func(*Deps)) *testAgent {
 	t.Helper()
 	p := newTestPKI(t)
 	state := t.TempDir()
@@ -103,7 +103,11 @@ func startAgent(t testing.TB) *testAgent {
 	cfg.TLS = config.TLS{CA: filepath.Join(p.dir, "ca.crt"), Cert: filepath.Join(p.dir, "node.crt"), Key: filepath.Join(p.dir, "node.key")}
 
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := New(cfg, Deps{Log: log, Ops: operation.NewManager(log), Health: health.NewRegistry(nil), SysInfo: sysinfo.Reader{Root: "/"}})
+	deps := Deps{Log: log, Ops: operation.NewManager(log), Health: health.NewRegistry(nil), SysInfo: sysinfo.Reader{Root: "/"}}
+	for _, m := range mods {
+		m(&deps)
+	}
+	srv, err := New(cfg, deps)
 	must(t, err)
 	must(t, DefaultChecks(srv))
 	ctx, cancel := context.WithCancel(context.Background())
