@@ -209,6 +209,7 @@ func (p *DebVisorProvider) Resources(_ context.Context) []func() resource.Resour
 	return []func() resource.Resource{
 		NewStoragePoolResource,
 		NewVolumeResource,
+		NewVMResource,
 	}
 }
 

@@ -2,6 +2,8 @@ package provider
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"testing"
 
@@ -22,7 +24,20 @@ resource "debvisor_storage_pool" "pool" {
   force_destroy  = true
   delete_storage = true
 }
-`, name, t.TempDir()+"/"+name)
+`, name, poolParent(t)+"/"+name)
+}
+
+// poolParent is a temporary directory QEMU (which runs as its own user) can traverse; t.TempDir
+// makes 0700 directories.
+func poolParent(t *testing.T) string {
+	t.Helper()
+	d := t.TempDir()
+	for _, p := range []string{filepath.Dir(d), d} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
 }
 
 func testAccVolumeConfig(pool string, capacity int64) string {

@@ -93,6 +93,16 @@ func Start(ctx context.Context, o Options) (*Agent, error) {
 		o.Binary = b
 	}
 	a := &Agent{Dir: o.Dir, NodeName: o.NodeName, LogFile: filepath.Join(o.Dir, "agent.log")}
+	// QEMU runs as its own user and opens files under the state dir (cloud-init seed ISOs): the
+	// directories on the way must be traversable, which temporary directories (0700) are not.
+	if err := os.MkdirAll(filepath.Join(o.Dir, "state"), 0o755); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{o.Dir, filepath.Join(o.Dir, "state")} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	if err := a.makePKI(); err != nil {
 		return nil, fmt.Errorf("agent PKI: %w", err)
 	}
