@@ -38,7 +38,9 @@ type diskTargetFromState struct{}
 func (diskTargetFromState) Description(context.Context) string {
 	return "keeps the device name of an attached volume"
 }
-func (d diskTargetFromState) MarkdownDescription(ctx context.Context) string { return d.Description(ctx) }
+func (d diskTargetFromState) MarkdownDescription(ctx context.Context) string {
+	return d.Description(ctx)
+}
 
 func (diskTargetFromState) PlanModifyString(ctx context.Context, req planmodifier.StringRequest, resp *planmodifier.StringResponse) {
 	if req.State.Raw.IsNull() || !req.PlanValue.IsUnknown() {

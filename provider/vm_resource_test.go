@@ -15,8 +15,8 @@ import (
 	"github.com/hashicorp/terraform-plugin-testing/statecheck"
 	"github.com/hashicorp/terraform-plugin-testing/tfjsonpath"
 
-	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
 	"github.com/debvisor/debvisor/api/client"
+	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
 )
 
 // testAccVMConfig is a pool with two volumes and a VM using the first (and the second when
