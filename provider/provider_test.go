@@ -35,7 +35,7 @@ var (
 
 // testAccAgent is the PreCheck of every acceptance test: it fails the test with the reason when
 // the agent or libvirtd cannot be had, never skips.
-func testAccAgent(t *testing.T) *agent.Agent {
+func testAccAgent(t testing.TB) *agent.Agent {
 	t.Helper()
 	libvirtd.EnsureRunning(t)
 	agentOnce.Do(func() {

@@ -29,7 +29,7 @@ resource "debvisor_storage_pool" "pool" {
 
 // poolParent is a temporary directory QEMU (which runs as its own user) can traverse; t.TempDir
 // makes 0700 directories.
-func poolParent(t *testing.T) string {
+func poolParent(t testing.TB) string {
 	t.Helper()
 	d := t.TempDir()
 	for _, p := range []string{filepath.Dir(d), d} {

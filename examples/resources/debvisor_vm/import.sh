@@ -1,0 +1,2 @@
+# VMs are imported by name.
+terraform import debvisor_vm.web web

@@ -1,0 +1,2 @@
+# Volumes are imported as POOL/NAME.
+terraform import debvisor_volume.data vms/web-data
