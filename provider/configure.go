@@ -19,3 +19,14 @@ func configuredData(data any, diags *diag.Diagnostics) *providerData {
 	}
 	return pd
 }
+
+// configured reports whether the provider handed over a connection, adding an error when not
+// (the provider block had values unknown until apply, e.g. an endpoint from another resource).
+func configured(p *providerData, diags *diag.Diagnostics) bool {
+	if p == nil {
+		diags.AddError("DebVisor provider not configured",
+			"The provider has no connection to an agent yet: its endpoint or TLS material is not known at this point.")
+		return false
+	}
+	return true
+}

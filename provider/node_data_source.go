@@ -70,8 +70,7 @@ func (d *NodeDataSource) Read(ctx context.Context, req datasource.ReadRequest, r
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	if d.p == nil {
-		resp.Diagnostics.AddError("Provider not configured", "The DebVisor provider has no connection to an agent.")
+	if !configured(d.p, &resp.Diagnostics) {
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, d.p.requestTimeout)

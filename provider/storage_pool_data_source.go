@@ -80,8 +80,7 @@ func (d *StoragePoolDataSource) Read(ctx context.Context, req datasource.ReadReq
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	if d.p == nil {
-		resp.Diagnostics.AddError("Provider not configured", "The DebVisor provider has no connection to an agent.")
+	if !configured(d.p, &resp.Diagnostics) {
 		return
 	}
 	cctx, cancel := d.p.call(ctx)

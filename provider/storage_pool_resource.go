@@ -191,6 +191,9 @@ func (r *StoragePoolResource) Configure(_ context.Context, req resource.Configur
 }
 
 func (r *StoragePoolResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data StoragePoolResourceModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {
@@ -241,6 +244,9 @@ func (r *StoragePoolResource) get(ctx context.Context, name string) (*v1.Pool, e
 }
 
 func (r *StoragePoolResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data StoragePoolResourceModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {
@@ -263,6 +269,9 @@ func (r *StoragePoolResource) Read(ctx context.Context, req resource.ReadRequest
 // Update only ever changes the provider-side flags (build, format_source, force_destroy,
 // delete_storage): every attribute of the pool itself requires replacement.
 func (r *StoragePoolResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data StoragePoolResourceModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {
@@ -278,6 +287,9 @@ func (r *StoragePoolResource) Update(ctx context.Context, req resource.UpdateReq
 }
 
 func (r *StoragePoolResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data StoragePoolResourceModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {

@@ -22,6 +22,8 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringplanmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 	"github.com/hashicorp/terraform-plugin-framework/types"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
@@ -330,6 +332,9 @@ func (r *VMResource) Configure(_ context.Context, req resource.ConfigureRequest,
 }
 
 func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data VMResourceModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {
@@ -378,6 +383,11 @@ func (r *VMResource) waitForIP(ctx context.Context, name string, wait time.Durat
 	ctx, cancel := context.WithTimeout(ctx, wait+r.p.requestTimeout)
 	defer cancel()
 	res, err := r.p.client.VMs.GetVMAddresses(ctx, &v1.GetVMAddressesRequest{Name: name, WaitTimeout: durationpb.New(wait)})
+	if status.Code(err) == codes.DeadlineExceeded {
+		return nil, &apiError{err: err, msg: fmt.Sprintf("VM %s reported no IP address within the create timeout: %s\n\n"+
+			"Raise timeouts.create, or make sure the guest runs qemu-guest-agent or gets a DHCP lease; "+
+			"the VM was created and will be replaced on the next apply (tainted).", name, status.Convert(err).Message())}
+	}
 	if err != nil {
 		return nil, &apiError{msg: "VM " + name + ": " + describe(r.p.endpoint, err), err: err}
 	}
@@ -402,6 +412,9 @@ func (r *VMResource) readInto(ctx context.Context, name string, data *VMResource
 }
 
 func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data VMResourceModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {
@@ -420,6 +433,9 @@ func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *r
 // Update sends the whole desired spec; the agent applies what it can live and the rest at the
 // next power cycle (pending_changes), and brings the power state to the desired one.
 func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data VMResourceModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {
@@ -449,6 +465,9 @@ func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, res
 }
 
 func (r *VMResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data VMResourceModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {

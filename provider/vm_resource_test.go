@@ -228,3 +228,30 @@ func TestAccVMResource_invalid(t *testing.T) {
 		},
 	})
 }
+
+// TestAccVMResource_waitForIP: a guest with no OS never reports an address, so wait_for_ip runs
+// into the create timeout and says so; the VM stays in state (tainted) and is destroyed after.
+// (A guest that does report one needs an OS image with qemu-guest-agent; see docs/provider.md.)
+func TestAccVMResource_waitForIP(t *testing.T) {
+	testAccAgent(t)
+	name := acctest.RandomWithPrefix("tf-acc-ip")
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: testAccProtoV6ProviderFactories,
+		Steps: []resource.TestStep{
+			{
+				Config: fmt.Sprintf(`
+resource "debvisor_vm" "test" {
+  name        = %q
+  vcpus       = 1
+  memory_mib  = 32
+  nics        = [{}]
+  wait_for_ip = true
+  timeouts {
+    create = "10s"
+  }
+}`, name),
+				ExpectError: regexp.MustCompile(`(?s)Wait for the VM's IP address.*` + regexp.QuoteMeta(name) + `\s+reported\s+no\s+IP\s+address`),
+			},
+		},
+	})
+}

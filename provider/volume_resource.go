@@ -162,6 +162,9 @@ func (r *VolumeResource) ModifyPlan(ctx context.Context, req resource.ModifyPlan
 }
 
 func (r *VolumeResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data VolumeResourceModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {
@@ -203,6 +206,9 @@ func (r *VolumeResource) get(ctx context.Context, pool, name string) (*v1.Volume
 }
 
 func (r *VolumeResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data VolumeResourceModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {
@@ -223,6 +229,9 @@ func (r *VolumeResource) Read(ctx context.Context, req resource.ReadRequest, res
 
 // Update grows the volume; every other attribute requires replacement.
 func (r *VolumeResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data, state VolumeResourceModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &data)...)
 	resp.Diagnostics.Append(req.State.Get(ctx, &state)...)
@@ -254,6 +263,9 @@ func (r *VolumeResource) Update(ctx context.Context, req resource.UpdateRequest,
 }
 
 func (r *VolumeResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
+	if !configured(r.p, &resp.Diagnostics) {
+		return
+	}
 	var data VolumeResourceModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {
