@@ -232,3 +232,109 @@ func TestVMParallelCreate(t *testing.T) {
 		}
 	}
 }
+
+// TestVMUpdateInPlace: disks, NICs, vCPUs and memory change on an existing
+// VM without recreating it (same UUID); what a running guest cannot take
+// is pending until the next power cycle.
+func TestVMUpdateInPlace(t *testing.T) {
+	a := startLibvirtAgent(t)
+	ctx := context.Background()
+	pool := a.pool(t)
+	boot, data := a.prefix+"boot.img", a.prefix+"data.qcow2"
+	a.upload(t, pool, boot, libvirtd.BootSector(libvirtd.GuestMessage))
+	a.ok(t)(a.storage.CreateVolume(ctx, &v1.CreateVolumeRequest{Volume: &v1.Volume{Pool: pool, Name: data, Format: v1.Volume_FORMAT_QCOW2, CapacityBytes: 64 << 20}}))
+
+	name := a.prefix + "upd"
+	a.cleanupVM(t, name)
+	spec := bootSpec(pool, boot)
+	spec.MaxVcpus, spec.MaxMemoryMib = 2, 128
+	a.ok(t)(a.vms.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: name, Spec: spec}}))
+	a.readConsole(t, name, libvirtd.GuestMessage, 90*time.Second)
+	before, err := a.vms.GetVM(ctx, &v1.GetVMRequest{Name: name})
+	must(t, err)
+	uuid := before.GetStatus().GetUuid()
+
+	// Running: attach a disk and a NIC, add a vCPU, change memory.
+	want := proto.Clone(before.GetSpec()).(*v1.VMSpec)
+	want.Vcpus = 2
+	want.MemoryMib = 96
+	want.Disks = append(want.Disks, &v1.Disk{Pool: pool, Volume: data, Bus: v1.Disk_BUS_VIRTIO})
+	want.Nics = append(want.Nics, &v1.NIC{Type: v1.NIC_TYPE_USER, Mac: "52:54:00:aa:bb:01", Model: "e1000"})
+	op := a.ok(t)(a.vms.UpdateVM(ctx, &v1.UpdateVMRequest{Name: name, Spec: want}))
+	t.Logf("update 1: live=%q pending=%q", op.GetResult()["live"], op.GetResult()["pending"])
+	if !strings.Contains(op.GetResult()["live"], "disk "+pool+"/"+data+" attached") || !strings.Contains(op.GetResult()["live"], "vcpus 1 -> 2") {
+		t.Errorf("disk attach and vCPU hot-add were not live: %v", op.GetResult())
+	}
+	if bl := mustVirsh(t, "domblklist", name); !strings.Contains(bl, "vdb") || !strings.Contains(bl, data) {
+		t.Errorf("running guest has no vdb on %s: %q", data, bl)
+	}
+	if vc := mustVirsh(t, "vcpucount", name, "--live", "--active"); vc != "2" {
+		t.Errorf("live vCPUs = %q, want 2", vc)
+	}
+	if il := mustVirsh(t, "domiflist", name); !strings.Contains(il, "52:54:00:aa:bb:01") {
+		t.Errorf("running guest lacks the new NIC: %q", il)
+	}
+	after, err := a.vms.GetVM(ctx, &v1.GetVMRequest{Name: name})
+	must(t, err)
+	if after.GetStatus().GetUuid() != uuid || mustVirsh(t, "domuuid", name) != uuid {
+		t.Fatalf("UUID changed: %s -> %s", uuid, after.GetStatus().GetUuid())
+	}
+	if after.GetSpec().GetVcpus() != 2 || after.GetSpec().GetMemoryMib() != 96 || len(after.GetSpec().GetDisks()) != 2 || len(after.GetSpec().GetNics()) != 2 {
+		t.Errorf("persistent spec after update = %v", after.GetSpec())
+	}
+
+	// Raising the memory ceiling cannot happen live: pending, reported.
+	want = proto.Clone(after.GetSpec()).(*v1.VMSpec)
+	want.MaxMemoryMib = 256
+	op = a.ok(t)(a.vms.UpdateVM(ctx, &v1.UpdateVMRequest{Name: name, Spec: want}))
+	if !strings.Contains(op.GetResult()["pending"], "max_memory_mib 128 -> 256") {
+		t.Errorf("max memory change not reported pending: %v", op.GetResult())
+	}
+	vm, err := a.vms.GetVM(ctx, &v1.GetVMRequest{Name: name})
+	must(t, err)
+	if !strings.Contains(strings.Join(vm.GetStatus().GetPendingChanges(), ","), "max_memory_mib 128 -> 256") {
+		t.Errorf("GetVM pending_changes = %v", vm.GetStatus().GetPendingChanges())
+	}
+
+	// Detach the data disk. The test guest has no OS to acknowledge a
+	// hot-unplug, so libvirt leaves it attached to the running guest: the
+	// definition drops it and the removal is pending.
+	want = proto.Clone(vm.GetSpec()).(*v1.VMSpec)
+	want.Disks = want.Disks[:1]
+	op = a.ok(t)(a.vms.UpdateVM(ctx, &v1.UpdateVMRequest{Name: name, Spec: want}))
+	t.Logf("update 3: live=%q pending=%q", op.GetResult()["live"], op.GetResult()["pending"])
+	if cfg := mustVirsh(t, "domblklist", name, "--inactive"); strings.Contains(cfg, data) {
+		t.Errorf("persistent definition still has %s: %q", data, cfg)
+	}
+
+	// A power cycle applies everything pending, still the same domain.
+	a.ok(t)(a.vms.StopVM(ctx, &v1.StopVMRequest{Name: name, Force: true}))
+	a.ok(t)(a.vms.StartVM(ctx, &v1.StartVMRequest{Name: name}))
+	a.readConsole(t, name, libvirtd.GuestMessage, 90*time.Second)
+	vm, err = a.vms.GetVM(ctx, &v1.GetVMRequest{Name: name})
+	must(t, err)
+	if len(vm.GetStatus().GetPendingChanges()) != 0 || vm.GetStatus().GetUuid() != uuid {
+		t.Errorf("after power cycle: pending %v, uuid %s (want none, %s)", vm.GetStatus().GetPendingChanges(), vm.GetStatus().GetUuid(), uuid)
+	}
+	if bl := mustVirsh(t, "domblklist", name); strings.Contains(bl, data) {
+		t.Errorf("detached disk still attached after power cycle: %q", bl)
+	}
+	if !strings.Contains(mustVirsh(t, "dominfo", name), "Max memory:     262144 KiB") {
+		t.Errorf("max memory not applied: %s", mustVirsh(t, "dominfo", name))
+	}
+	// The detached volume is free: it can be deleted while the VM runs.
+	a.ok(t)(a.storage.DeleteVolume(ctx, &v1.DeleteVolumeRequest{Pool: pool, Name: data}))
+
+	// Stopped: changes go straight into the definition, nothing pending.
+	a.ok(t)(a.vms.StopVM(ctx, &v1.StopVMRequest{Name: name, Force: true}))
+	want = proto.Clone(vm.GetSpec()).(*v1.VMSpec)
+	want.Vcpus, want.MaxVcpus, want.MemoryMib = 1, 1, 48
+	want.PowerState = v1.PowerState_POWER_STATE_STOPPED
+	op = a.ok(t)(a.vms.UpdateVM(ctx, &v1.UpdateVMRequest{Name: name, Spec: want}))
+	if op.GetResult()["pending"] != "" {
+		t.Errorf("stopped VM update reported pending changes: %v", op.GetResult())
+	}
+	if vc := mustVirsh(t, "vcpucount", name, "--config", "--maximum"); vc != "1" {
+		t.Errorf("config max vCPUs = %q", vc)
+	}
+}

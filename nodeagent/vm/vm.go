@@ -22,6 +22,7 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
@@ -313,7 +314,7 @@ func (m *Manager) describe(lv *libvirt.Libvirt, d libvirt.Domain) (*v1.VM, error
 			return nil, err
 		}
 		liveSpec, _ := specFromDomain(live)
-		vm.Status.PendingChanges = diffSpecs(liveSpec, spec)
+		vm.Status.PendingChanges = pendingChanges(liveSpec, spec)
 	}
 	return vm, nil
 }
@@ -424,7 +425,7 @@ func (m *Manager) Update(ctx context.Context, name string, spec *v1.VMSpec) (Upd
 			return res, err
 		}
 		liveSpec, _ := specFromDomain(live)
-		res.Pending = diffSpecs(liveSpec, spec)
+		res.Pending = pendingChanges(liveSpec, spec)
 	}
 	for _, c := range changes {
 		if !contains(res.Pending, c) {
@@ -443,6 +444,19 @@ func (m *Manager) Update(ctx context.Context, name string, spec *v1.VMSpec) (Upd
 		res.Pending = nil
 	}
 	return res, nil
+}
+
+// pendingChanges is what the running guest (live) lacks of its definition.
+// memory_mib is left out while the maximum matches: below the maximum it is
+// a balloon target that libvirt sets at once, and whether the guest gives
+// the memory back depends on its balloon driver, not on a power cycle
+// (live XML reports the balloon's actual size).
+func pendingChanges(live, config *v1.VMSpec) []string {
+	l := proto.Clone(live).(*v1.VMSpec)
+	if l.MaxMemoryMib == config.MaxMemoryMib {
+		l.MemoryMib = config.MemoryMib
+	}
+	return diffSpecs(l, config)
 }
 
 func contains(ss []string, s string) bool {
