@@ -2,12 +2,14 @@ package server
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -337,4 +339,203 @@ func TestVMUpdateInPlace(t *testing.T) {
 	if vc := mustVirsh(t, "vcpucount", name, "--config", "--maximum"); vc != "1" {
 		t.Errorf("config max vCPUs = %q", vc)
 	}
+}
+
+// TestBadInput: refused requests get a clear code and message naming the
+// field, and leave nothing behind in libvirt.
+func TestBadInput(t *testing.T) {
+	a := startLibvirtAgent(t)
+	ctx := context.Background()
+	pool := a.pool(t)
+	boot := a.prefix + "boot.img"
+	a.upload(t, pool, boot, libvirtd.BootSector(libvirtd.GuestMessage))
+	holder := a.prefix + "holder"
+	a.cleanupVM(t, holder)
+	a.ok(t)(a.vms.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: holder, Spec: bootSpec(pool, boot)}}))
+
+	spec := func(mut func(s *v1.VMSpec)) *v1.VMSpec {
+		s := &v1.VMSpec{Vcpus: 1, MemoryMib: 32, PowerState: v1.PowerState_POWER_STATE_STOPPED}
+		mut(s)
+		return s
+	}
+	newVM := a.prefix + "bad"
+	createVM := func(s *v1.VMSpec) error {
+		op, err := a.vms.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: newVM, Spec: s}})
+		if err != nil {
+			return err
+		}
+		done := a.waitEnd(t, op)
+		if done.GetState() == v1.Operation_STATE_SUCCEEDED {
+			return nil
+		}
+		return statusErr(done)
+	}
+	createVol := func(v *v1.Volume) error {
+		op, err := a.storage.CreateVolume(ctx, &v1.CreateVolumeRequest{Volume: v})
+		if err != nil {
+			return err
+		}
+		if done := a.waitEnd(t, op); done.GetState() != v1.Operation_STATE_SUCCEEDED {
+			return statusErr(done)
+		}
+		return nil
+	}
+	tests := []struct {
+		name string
+		call func() error
+		code codes.Code
+		msg  string
+	}{
+		{"negative volume size", func() error {
+			return createVol(&v1.Volume{Pool: pool, Name: a.prefix + "neg", CapacityBytes: -1})
+		}, codes.InvalidArgument, "volume.capacity_bytes: must not be negative"},
+		{"absurd volume size", func() error {
+			return createVol(&v1.Volume{Pool: pool, Name: a.prefix + "huge", CapacityBytes: 1 << 62})
+		}, codes.InvalidArgument, "volume.capacity_bytes: 4611686018427387904 bytes is more than the 64TiB maximum"},
+		{"zero volume size", func() error {
+			return createVol(&v1.Volume{Pool: pool, Name: a.prefix + "zero"})
+		}, codes.InvalidArgument, "volume.capacity_bytes: must be positive"},
+		{"volume in unknown pool", func() error {
+			return createVol(&v1.Volume{Pool: a.prefix + "nopool", Name: "x", CapacityBytes: 1 << 20})
+		}, codes.InvalidArgument, "volume.pool: pool \"" + a.prefix + "nopool\" does not exist"},
+		{"duplicate volume", func() error {
+			return createVol(&v1.Volume{Pool: pool, Name: boot, CapacityBytes: 1 << 20})
+		}, codes.AlreadyExists, "already exists"},
+		{"shrink volume", func() error {
+			op, err := a.storage.ResizeVolume(ctx, &v1.ResizeVolumeRequest{Pool: pool, Name: boot, CapacityBytes: 4096})
+			if err != nil {
+				return err
+			}
+			return statusErr(a.waitEnd(t, op))
+		}, codes.InvalidArgument, "capacity_bytes: 4096 is smaller than the current"},
+		{"delete volume in use", func() error {
+			op, err := a.storage.DeleteVolume(ctx, &v1.DeleteVolumeRequest{Pool: pool, Name: boot})
+			if err != nil {
+				return err
+			}
+			return statusErr(a.waitEnd(t, op))
+		}, codes.FailedPrecondition, "is in use by VM " + holder},
+		{"delete pool with volumes", func() error {
+			op, err := a.storage.DeletePool(ctx, &v1.DeletePoolRequest{Name: pool})
+			if err != nil {
+				return err
+			}
+			return statusErr(a.waitEnd(t, op))
+		}, codes.FailedPrecondition, "still holds"},
+		{"bad pool path", func() error {
+			_, err := a.storage.CreatePool(ctx, &v1.CreatePoolRequest{Pool: &v1.Pool{Name: a.prefix + "p2", Type: v1.Pool_TYPE_DIR, Path: "relative/dir"}})
+			return err
+		}, codes.InvalidArgument, "pool.path: \"relative/dir\" must be a clean absolute path"},
+		{"bad VM name", func() error {
+			_, err := a.vms.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: "../etc", Spec: spec(func(*v1.VMSpec) {})}})
+			return err
+		}, codes.InvalidArgument, "vm.name: \"../etc\" is not a valid name"},
+		{"negative memory", func() error { return createVM(spec(func(s *v1.VMSpec) { s.MemoryMib = -64 })) },
+			codes.InvalidArgument, "vm.spec.memory_mib: must be between 16 and 4194304 MiB (got -64)"},
+		{"absurd memory", func() error { return createVM(spec(func(s *v1.VMSpec) { s.MemoryMib = 1 << 40 })) },
+			codes.InvalidArgument, "vm.spec.memory_mib: must be between"},
+		{"zero vcpus", func() error { return createVM(spec(func(s *v1.VMSpec) { s.Vcpus = 0 })) },
+			codes.InvalidArgument, "vm.spec.vcpus: must be between 1 and 256 (got 0)"},
+		{"invalid MAC", func() error {
+			return createVM(spec(func(s *v1.VMSpec) { s.Nics = []*v1.NIC{{Type: v1.NIC_TYPE_USER, Mac: "52:54:00:zz:00:01"}} }))
+		}, codes.InvalidArgument, "vm.spec.nics[0].mac: \"52:54:00:zz:00:01\" is not a MAC address"},
+		{"multicast MAC", func() error {
+			return createVM(spec(func(s *v1.VMSpec) { s.Nics = []*v1.NIC{{Type: v1.NIC_TYPE_USER, Mac: "01:00:5e:00:00:01"}} }))
+		}, codes.InvalidArgument, "multicast"},
+		{"VLAN out of range", func() error {
+			return createVM(spec(func(s *v1.VMSpec) { s.Nics = []*v1.NIC{{Type: v1.NIC_TYPE_BRIDGE, Bridge: "br0", Vlan: 5000}} }))
+		}, codes.InvalidArgument, "vm.spec.nics[0].vlan: must be between 0 (untagged) and 4094"},
+		{"disk in unknown pool", func() error {
+			return createVM(spec(func(s *v1.VMSpec) { s.Disks = []*v1.Disk{{Pool: a.prefix + "nopool", Volume: "x"}} }))
+		}, codes.InvalidArgument, "vm.spec.disks[0]: pool \"" + a.prefix + "nopool\" not found"},
+		{"unknown volume", func() error {
+			return createVM(spec(func(s *v1.VMSpec) { s.Disks = []*v1.Disk{{Pool: pool, Volume: "nope"}} }))
+		}, codes.InvalidArgument, "vm.spec.disks[0]: volume " + pool + "/nope not found"},
+		{"volume in use by another VM", func() error {
+			return createVM(spec(func(s *v1.VMSpec) { s.Disks = []*v1.Disk{{Pool: pool, Volume: boot}} }))
+		}, codes.FailedPrecondition, "vm.spec.disks[0]: volume " + pool + "/" + boot + " is in use by VM \"" + holder + "\""},
+		{"duplicate boot order", func() error {
+			return createVM(spec(func(s *v1.VMSpec) {
+				s.Disks = []*v1.Disk{{Pool: pool, Volume: boot, BootOrder: 1}}
+				s.Nics = []*v1.NIC{{Type: v1.NIC_TYPE_USER, BootOrder: 1}}
+			}))
+		}, codes.InvalidArgument, "vm.spec.nics[0].boot_order: boot order 1 is already used"},
+		{"duplicate VM name", func() error {
+			_, err := a.vms.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: holder, Spec: spec(func(*v1.VMSpec) {})}})
+			return err
+		}, codes.AlreadyExists, "vm.name: VM \"" + holder + "\" already exists"},
+		{"unknown VM", func() error {
+			_, err := a.vms.StartVM(ctx, &v1.StartVMRequest{Name: a.prefix + "ghost"})
+			return err
+		}, codes.NotFound, "not found"},
+		{"change cloud-init", func() error {
+			vm, err := a.vms.GetVM(ctx, &v1.GetVMRequest{Name: holder})
+			must(t, err)
+			s := proto.Clone(vm.GetSpec()).(*v1.VMSpec)
+			s.CloudInit = &v1.CloudInit{UserData: "#cloud-config\n"}
+			op, err := a.vms.UpdateVM(ctx, &v1.UpdateVMRequest{Name: holder, Spec: s})
+			if err != nil {
+				return err
+			}
+			return statusErr(a.waitEnd(t, op))
+		}, codes.InvalidArgument, "spec.cloud_init: cannot change"},
+		{"negative stop timeout", func() error {
+			_, err := a.vms.StopVM(ctx, &v1.StopVMRequest{Name: holder, Timeout: durationpb.New(-time.Second)})
+			return err
+		}, codes.InvalidArgument, "timeout: must not be negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			statusIs(t, tt.call(), tt.code, tt.msg)
+		})
+	}
+	// Nothing was left behind: the refused VM and volumes do not exist.
+	if out, err := virsh(t, "dominfo", newVM); err == nil {
+		t.Errorf("refused VM %s exists: %s", newVM, out)
+	}
+	vols := mustVirsh(t, "vol-list", pool)
+	if n := strings.Count(vols, "\n") + 1; n != 1 || !strings.Contains(vols, boot) {
+		t.Errorf("pool holds more than the boot volume:\n%s", vols)
+	}
+	if out := mustVirsh(t, "pool-list", "--all", "--name"); strings.Contains(out, a.prefix+"p2") {
+		t.Errorf("refused pool was defined: %s", out)
+	}
+	if out, _ := virsh(t, "list", "--all", "--name"); strings.Count(out, a.prefix) != 1 {
+		t.Errorf("libvirt has other VMs of this test than %s:\n%s", holder, out)
+	}
+}
+
+// TestCreateFailureIsAtomic: a create that fails after defining the domain
+// (here: its bridge does not exist, so start fails) removes the domain and
+// its cloud-init seed.
+func TestCreateFailureIsAtomic(t *testing.T) {
+	a := startLibvirtAgent(t)
+	ctx := context.Background()
+	name := a.prefix + "atomic"
+	a.cleanupVM(t, name)
+	op, err := a.vms.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: name, Spec: &v1.VMSpec{
+		Vcpus: 1, MemoryMib: 32,
+		Nics:      []*v1.NIC{{Type: v1.NIC_TYPE_BRIDGE, Bridge: "dvnobr0"}},
+		CloudInit: &v1.CloudInit{UserData: "#cloud-config\nhostname: x\n"},
+	}}})
+	must(t, err)
+	done := a.waitEnd(t, op)
+	if done.GetState() != v1.Operation_STATE_FAILED || !strings.Contains(done.GetError(), "start VM") {
+		t.Fatalf("create with a missing bridge: %v", done)
+	}
+	t.Logf("refused: %s", done.GetError())
+	if out, err := virsh(t, "dominfo", name); err == nil {
+		t.Errorf("failed create left the domain behind: %s", out)
+	}
+	seeds, _ := filepath.Glob(filepath.Join(a.cfg.StateDir, "vm-seeds", "*"))
+	if len(seeds) != 0 {
+		t.Errorf("failed create left seed files: %v", seeds)
+	}
+}
+
+func statusErr(op *v1.Operation) error {
+	if op.GetState() == v1.Operation_STATE_SUCCEEDED {
+		return nil
+	}
+	return status.Error(codes.Code(op.GetErrorCode()), op.GetError())
 }
