@@ -70,6 +70,12 @@ func BenchmarkPlan200(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/plan")
+	// For comparison: the same plan without refresh is the CLI's own cost (no agent calls).
+	start = time.Now()
+	if out, code := run("plan", "-input=false", "-detailed-exitcode", "-lock=false", "-refresh=false"); code != 0 {
+		b.Fatalf("plan -refresh=false exit %d:\n%s", code, out)
+	}
+	b.Logf("plan -refresh=false: %s", time.Since(start).Round(time.Millisecond))
 }
 
 func plan200Config(poolPath string) string {

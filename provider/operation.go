@@ -15,6 +15,8 @@ import (
 func (p *providerData) wait(ctx context.Context, timeout time.Duration, what string, start func(context.Context) (*v1.Operation, error)) (*v1.Operation, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// Anything this provider changes makes listed volumes (size, used_by) stale.
+	defer p.volumes.invalidate()
 	op, err := start(ctx)
 	if err != nil {
 		return nil, &apiError{msg: what + ": " + describe(p.endpoint, err), err: err}

@@ -121,6 +121,7 @@ type providerData struct {
 	endpoint         string
 	requestTimeout   time.Duration
 	operationTimeout time.Duration
+	volumes          volumeCache
 }
 
 // setting returns the configured value, else the environment variable, else "".

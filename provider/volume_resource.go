@@ -214,7 +214,7 @@ func (r *VolumeResource) Read(ctx context.Context, req resource.ReadRequest, res
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	got, err := r.get(ctx, data.Pool.ValueString(), data.Name.ValueString())
+	got, err := r.p.cachedVolume(ctx, data.Pool.ValueString(), data.Name.ValueString())
 	if isNotFound(err) {
 		resp.State.RemoveResource(ctx)
 		return
