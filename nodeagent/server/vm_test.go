@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -50,7 +51,9 @@ func TestVMLifecycle(t *testing.T) {
 
 	name := a.prefix + "vm"
 	a.cleanupVM(t, name)
-	op := a.ok(t)(a.vms.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: name, Spec: bootSpec(pool, vol)}}))
+	spec := bootSpec(pool, vol)
+	spec.CloudInit = &v1.CloudInit{UserData: "#cloud-config\nhostname: lifecycle\n"}
+	op := a.ok(t)(a.vms.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: name, Spec: spec}}))
 	if op.GetId() == "" || op.GetResult()["uuid"] == "" {
 		t.Fatalf("create operation has no id or uuid: %v", op)
 	}
@@ -82,8 +85,12 @@ func TestVMLifecycle(t *testing.T) {
 			t.Errorf("virsh dominfo lacks %q:\n%s", want, info)
 		}
 	}
-	if bl := mustVirsh(t, "domblklist", name); !strings.Contains(bl, "vda") || !strings.Contains(bl, vol) {
-		t.Errorf("virsh domblklist = %q, want vda on volume %s", bl, vol)
+	seed := filepath.Join(a.cfg.StateDir, "vm-seeds", name+"-cidata.iso")
+	if bl := mustVirsh(t, "domblklist", name); !strings.Contains(bl, "vda") || !strings.Contains(bl, vol) || !strings.Contains(bl, "hdc") || !strings.Contains(bl, seed) {
+		t.Errorf("virsh domblklist = %q, want vda on volume %s and the cloud-init seed %s on hdc", bl, vol, seed)
+	}
+	if vm.GetSpec().GetCloudInit().GetUserData() != spec.GetCloudInit().GetUserData() {
+		t.Errorf("GetVM cloud_init = %v", vm.GetSpec().GetCloudInit())
 	}
 	if il := mustVirsh(t, "domiflist", name); !strings.Contains(il, vm.GetSpec().GetNics()[0].GetMac()) || !strings.Contains(il, "user") {
 		t.Errorf("virsh domiflist = %q, want user NIC %s", il, vm.GetSpec().GetNics()[0].GetMac())
@@ -135,6 +142,9 @@ func TestVMLifecycle(t *testing.T) {
 	}
 	_, err = a.vms.GetVM(ctx, &v1.GetVMRequest{Name: name})
 	statusIs(t, err, codes.NotFound, "not found")
+	if _, err := os.Stat(seed); !os.IsNotExist(err) {
+		t.Errorf("seed %s not removed with the VM: %v", seed, err)
+	}
 
 	// The volume is free again and can be deleted; then the pool.
 	a.ok(t)(a.storage.DeleteVolume(ctx, &v1.DeleteVolumeRequest{Pool: pool, Name: vol}))

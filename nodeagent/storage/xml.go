@@ -58,10 +58,7 @@ func PoolXML(p *v1.Pool) (*libvirtxml.StoragePool, error) {
 	devices := func(min, max int) error {
 		n := len(p.GetSourceDevices())
 		if n < min || (max > 0 && n > max) {
-			if min == max {
-				return Invalid("pool.source_devices", "%s pools need exactly %d device (got %d)", typ, min, n)
-			}
-			return Invalid("pool.source_devices", "%s pools need at least %d device (got %d)", typ, min, n)
+			return Invalid("pool.source_devices", "%s pools take %d to %d devices (got %d)", typ, min, max, n)
 		}
 		for i, d := range p.GetSourceDevices() {
 			if !filepath.IsAbs(d) {
@@ -134,8 +131,10 @@ func PoolXML(p *v1.Pool) (*libvirtxml.StoragePool, error) {
 		}
 		x.Target = &libvirtxml.StoragePoolTarget{Path: path}
 	case v1.Pool_TYPE_ZFS:
+		// libvirt's schema allows one device: it creates a single-vdev
+		// zpool. Multi-vdev pools are made with zpool and named here.
 		if err = CheckName("pool.source_name", srcName); err == nil {
-			err = devices(0, 0)
+			err = devices(0, 1)
 		}
 		x.Source.Name = srcName
 	case v1.Pool_TYPE_RBD:
@@ -195,6 +194,7 @@ func VolumeXML(poolType, name string, f v1.Volume_Format, capacity int64) (*libv
 		if format != "raw" {
 			return nil, Invalid("volume.format", "%s pools hold raw volumes only", poolType)
 		}
+		x.Target = &libvirtxml.StorageVolumeTarget{} // required by the schema, even empty
 	}
 	return x, nil
 }
