@@ -116,18 +116,18 @@ func (r *Report) inspectESP(b backend.Storage, p *gpt.Partition) {
 		r.Problems = append(r.Problems, fmt.Sprintf("ESP: not a readable FAT32: %v", err))
 		return
 	}
-	n, err := readAll(fs, "/")
+	n, err := readAll(fs, ".")
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("ESP: %v", err))
 		return
 	}
 	for _, f := range []string{osimage.ESPBootloader, osimage.ESPGrubCfg} {
-		if st, err := fs.Stat("/" + f); err != nil || st.Size() == 0 {
+		if st, err := fs.Stat(f); err != nil || st.Size() == 0 {
 			r.Problems = append(r.Problems, fmt.Sprintf("ESP: %s missing or empty", f))
 		}
 	}
-	primary, _ := readFile(fs, "/"+osimage.ESPGrubEnv)
-	backup, _ := readFile(fs, "/"+osimage.ESPGrubEnvBackup)
+	primary, _ := readFile(fs, osimage.ESPGrubEnv)
+	backup, _ := readFile(fs, osimage.ESPGrubEnvBackup)
 	copies, err := osimage.ReadBootEnvCopies(primary, backup)
 	if err != nil {
 		r.Problems = append(r.Problems, "ESP: "+err.Error())
@@ -170,13 +170,13 @@ func (r *Report) inspectSlot(b backend.Storage, s osimage.Slot, p *gpt.Partition
 		r.Problems = append(r.Problems, fmt.Sprintf("slot %s: not a readable squashfs: %v", s, err))
 		return
 	}
-	n, err := readAll(fs, "/")
+	n, err := readAll(fs, ".")
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("slot %s: %v", s, err))
 		return
 	}
 	rep := SlotReport{Files: n}
-	rel, err := readFile(fs, "/"+ReleaseFile)
+	rel, err := readFile(fs, ReleaseFile)
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("slot %s: no %s: %v", s, ReleaseFile, err))
 	}
@@ -189,7 +189,7 @@ func (r *Report) inspectSlot(b backend.Storage, s osimage.Slot, p *gpt.Partition
 			rep.Spec = v
 		}
 	}
-	for _, f := range []string{"/boot/vmlinuz", "/boot/initrd.img"} {
+	for _, f := range []string{"boot/vmlinuz", "boot/initrd.img"} {
 		if _, err := fs.Stat(f); err != nil {
 			r.Problems = append(r.Problems, fmt.Sprintf("slot %s: %s: %v", s, f, err))
 		}
@@ -211,7 +211,7 @@ func (r *Report) inspectData(b backend.Storage, p *gpt.Partition) {
 	if l := strings.TrimRight(fs.Label(), "\x00"); l != osimage.LabelData {
 		r.Problems = append(r.Problems, fmt.Sprintf("data: ext4 label %q, want %q", l, osimage.LabelData))
 	}
-	n, err := readAll(fs, "/")
+	n, err := readAll(fs, ".")
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("data: %v", err))
 		return

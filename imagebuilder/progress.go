@@ -118,7 +118,7 @@ func (p *Progress) End(detail string, err error) {
 		if err != nil {
 			status = "FAILED"
 		}
-		fmt.Fprintf(p.w, "%s[%d/%d] %-10s %-6s %6.1fs  %s\n", prefix, ev.Index, ev.Total, ev.Phase, status, ev.Duration, firstLine(detail))
+		fmt.Fprintf(p.w, "%s[%d/%d] %-10s %-6s %6.1fs  %s\n", prefix, ev.Index, ev.Total, ev.Phase, status, ev.Duration, firstLine(ev.Detail))
 	}
 }
 

@@ -276,9 +276,12 @@ func (b *builder) mmdebstrap(ctx context.Context, target, mirror string, pkgs []
 		b.spec.Suite, target, mirror,
 	}
 	cmd := exec.CommandContext(ctx, "mmdebstrap", args...)
+	// One writer for both streams: exec then serialises the writes (a
+	// bytes.Buffer as Stdout is filled with ReadFrom, which would drop what
+	// another goroutine wrote to it meanwhile).
 	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &logTail{w: &out, log: b.log, prefix: "mmdebstrap"}
+	lt := &logTail{w: &out, log: b.log, prefix: "mmdebstrap"}
+	cmd.Stdout, cmd.Stderr = lt, lt
 	b.log.Debug("running mmdebstrap", slog.Any("args", args))
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("mmdebstrap %s from %s failed (%w):\n%s", b.spec.Suite, mirror, err, explainApt(out.String()))

@@ -1,0 +1,150 @@
+package imagebuilder_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/debvisor/debvisor/imagebuilder"
+	"github.com/debvisor/debvisor/osimage"
+)
+
+// extractPartition copies partition n of the raw image to its own file.
+func extractPartition(t *testing.T, img *imagebuilder.Result, n int) string {
+	t.Helper()
+	p := img.Manifest.Partitions[n-1]
+	out := filepath.Join(t.TempDir(), fmt.Sprintf("part%d.img", n))
+	run(t, "dd", "if="+img.Raw, "of="+out, "bs=1M", fmt.Sprintf("skip=%d", p.Start>>20), fmt.Sprintf("count=%d", p.Size>>20), "conv=sparse", "status=none")
+	return out
+}
+
+// TestImageAcceptedByIndependentTools checks the built image with tools
+// that share no code with the builder: sgdisk, fsck.vfat, unsquashfs and
+// systemd-analyze, plus the builder's own read-back (inspect).
+func TestImageAcceptedByIndependentTools(t *testing.T) {
+	requireTools(t, "sgdisk", "fsck.vfat", "unsquashfs", "systemd-analyze", "dd")
+	img := defaultImage(t)
+
+	out := run(t, "sgdisk", "-v", img.Raw)
+	if !strings.Contains(out, "No problems found") {
+		t.Fatalf("sgdisk -v:\n%s", out)
+	}
+	out = run(t, "sgdisk", "-p", img.Raw)
+	for _, l := range []string{osimage.LabelESP, osimage.LabelA, osimage.LabelB, osimage.LabelData} {
+		if !strings.Contains(out, l) {
+			t.Fatalf("sgdisk -p does not list %s:\n%s", l, out)
+		}
+	}
+
+	esp := extractPartition(t, img, osimage.PartESP)
+	run(t, "fsck.vfat", "-n", esp)
+
+	slot := extractPartition(t, img, osimage.PartA)
+	out = run(t, "unsquashfs", "-s", slot)
+	if !strings.Contains(out, "Compression xz") {
+		t.Fatalf("unsquashfs -s:\n%s", out)
+	}
+
+	// systemd-analyze verify on the baked units, inside the slot's own tree
+	// so ExecStart paths and dependencies resolve as on a node.
+	tree := filepath.Join(t.TempDir(), "root")
+	run(t, "unsquashfs", "-q", "-n", "-d", tree, slot)
+	var units []string
+	for _, u := range []string{"debvisor-rpcd.service", "debvisor-panel.service", "debvisor-firstboot.service",
+		"debvisor-backup.service", "debvisor-backup.timer", "tsig-rotate.service", "tsig-rotate.timer", "debvisor-netcfg.service"} {
+		units = append(units, "/etc/systemd/system/"+u)
+	}
+	cmd := exec.Command("systemd-analyze", append([]string{"verify", "--root=" + tree, "--man=no", "--recursive-errors=no"}, units...)...)
+	vout, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, vout)
+	}
+	for _, exe := range []string{"usr/local/bin/debvisor-agent", "usr/local/bin/dvctl", "usr/local/sbin/validate-components.sh", "usr/local/sbin/debvisor-firstboot.sh"} {
+		st, err := os.Stat(filepath.Join(tree, exe))
+		if err != nil || st.Mode()&0o111 == 0 {
+			t.Errorf("%s not an executable in the slot: %v", exe, err)
+		}
+	}
+	if keys, _ := filepath.Glob(filepath.Join(tree, "etc/ssh/ssh_host_*")); len(keys) > 0 {
+		t.Errorf("the slot ships SSH host keys: %v", keys)
+	}
+
+	rep, err := imagebuilder.Inspect(img.Raw)
+	if err != nil {
+		t.Fatalf("inspect: %v", err)
+	}
+	if rep.Slots["A"].Version != "0.1.0" || !rep.Slots["B"].Empty || rep.NextBoot != "A" {
+		t.Fatalf("inspect report: %+v", rep)
+	}
+}
+
+// TestReproducible builds the default spec a second time with the same
+// SOURCE_DATE_EPOCH (from the cached rootfs) and compares the raw images.
+func TestReproducible(t *testing.T) {
+	img := defaultImage(t)
+	agent, dvctl := binaries(t)
+	spec, err := imagebuilder.DefaultSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := buildImage(context.Background(), t, spec, t.TempDir(), agent, dvctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := sha256File(t, img.Raw), sha256File(t, second.Raw)
+	t.Logf("first %s\nsecond %s", a, b)
+	if a != b {
+		t.Fatalf("two builds of the same spec and epoch differ: %s vs %s (slot %s vs %s)", a, b, img.Manifest.Slot.Digest, second.Manifest.Slot.Digest)
+	}
+	if "sha256:"+a != img.Manifest.Files[0].Digest {
+		t.Fatalf("manifest digest %s does not match the file (%s)", img.Manifest.Files[0].Digest, a)
+	}
+}
+
+// TestBuildFailuresLeaveNothing: a malformed spec, a missing package and
+// an unreachable mirror each fail with a clear error and leave no image.
+func TestBuildFailuresLeaveNothing(t *testing.T) {
+	requireTools(t, "mmdebstrap")
+	agent, dvctl := binaries(t)
+	if _, err := imagebuilder.ParseSpec([]byte("suite: bookworm\nslot_size: lots\n"), ""); err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("malformed spec: %v", err)
+	}
+	tests := []struct {
+		name, spec string
+		want       []string
+	}{
+		{"missing package", "packages: [debvisor-no-such-package]\n", []string{"debvisor-no-such-package"}},
+		{"unreachable mirror", "mirror: http://127.0.0.1:9/debian\n", []string{"mirror http://127.0.0.1:9/debian is unreachable"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec, err := imagebuilder.ParseSpec([]byte(tt.spec), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(t.TempDir(), "out")
+			cache := t.TempDir()
+			_, err = imagebuilder.Build(context.Background(), spec, out, imagebuilder.WithBinaries(agent, dvctl), imagebuilder.WithCacheDir(cache))
+			if err == nil {
+				t.Fatal("build succeeded")
+			}
+			t.Logf("error: %v", err)
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not mention %q: %v", w, err)
+				}
+			}
+			left, _ := os.ReadDir(out)
+			if len(left) != 0 {
+				t.Fatalf("failed build left %v in the output dir", left)
+			}
+			if ents, _ := filepath.Glob(filepath.Join(cache, "rootfs", "*", "usr")); len(ents) != 0 {
+				t.Fatalf("failed build left a cached rootfs: %v", ents)
+			}
+		})
+	}
+}

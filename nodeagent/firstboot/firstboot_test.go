@@ -1,0 +1,123 @@
+package firstboot
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/debvisor/debvisor/osimage"
+)
+
+func writeAll(t *testing.T, root string, files map[string]string) {
+	t.Helper()
+	for p, c := range files {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRunOnce runs firstboot against a directory tree (the device steps
+// are skipped off-node) with a preseed, then again: the second run must
+// change nothing.
+func TestRunOnce(t *testing.T) {
+	if _, err := exec.LookPath("ssh-keygen"); err != nil {
+		t.Fatalf("ssh-keygen is required (openssh-client): %v", err)
+	}
+	root := t.TempDir()
+	writeAll(t, root, map[string]string{
+		"seed/preseed.yaml": `version: 1
+hostname: node7
+ssh_authorized_keys: ["ssh-ed25519 AAAAtest user@test"]
+pki: {ca: pki/ca.crt, cert: pki/node.crt, key: pki/node.key}
+agent_config: "log_level: debug\n"
+files:
+  - path: /etc/systemd/network/10-x.network
+    mode: "0640"
+    content: "[Match]\nName=en*\n"
+`,
+		"seed/pki/ca.crt":   "CA",
+		"seed/pki/node.crt": "CERT",
+		"seed/pki/node.key": "KEY",
+		"root/.ssh/authorized_keys": "ssh-ed25519 AAAAold old@test",
+	})
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	cfg := Config{Root: root, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return now }}
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.HostKeys || res.Skipped || !strings.HasSuffix(res.Preseed, "seed/preseed.yaml") {
+		t.Fatalf("result %+v", res)
+	}
+	checks := []struct {
+		path, want string
+		mode       os.FileMode
+	}{
+		{"etc/hostname", "node7\n", 0o644},
+		{osimage.PKICA, "CA", 0o644},
+		{osimage.PKICert, "CERT", 0o644},
+		{osimage.PKIKey, "KEY", 0o600},
+		{osimage.AgentConfigPath, "log_level: debug\n", 0o600},
+		{"etc/systemd/network/10-x.network", "[Match]\nName=en*\n", 0o640},
+		{"root/.ssh/authorized_keys", "ssh-ed25519 AAAAold old@test\nssh-ed25519 AAAAtest user@test\n", 0o600},
+		{osimage.FirstbootStamp, "2026-01-02T03:04:05Z\n", 0o644},
+	}
+	for _, c := range checks {
+		p := filepath.Join(root, c.path)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Errorf("%s: %v", c.path, err)
+			continue
+		}
+		if string(b) != c.want {
+			t.Errorf("%s = %q, want %q", c.path, b, c.want)
+		}
+		if st, _ := os.Stat(p); st.Mode().Perm() != c.mode {
+			t.Errorf("%s mode %v, want %v", c.path, st.Mode().Perm(), c.mode)
+		}
+	}
+	key := filepath.Join(root, "etc/ssh/ssh_host_ed25519_key")
+	before, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatalf("host key not generated: %v", err)
+	}
+	res, err = Run(context.Background(), cfg)
+	if err != nil || !res.Skipped {
+		t.Fatalf("second run: %+v, %v", res, err)
+	}
+	after, _ := os.ReadFile(key)
+	if string(before) != string(after) {
+		t.Fatal("second run changed the host key")
+	}
+}
+
+func TestRunBadPreseedFails(t *testing.T) {
+	root := t.TempDir()
+	writeAll(t, root, map[string]string{"seed/preseed.yaml": "version: 1\nhostnam: x\n"})
+	_, err := Run(context.Background(), Config{Root: root, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err == nil || !strings.Contains(err.Error(), "hostnam") {
+		t.Fatalf("err = %v, want the unknown field named", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, osimage.FirstbootStamp)); err == nil {
+		t.Fatal("stamp written although the preseed failed: firstboot would never retry")
+	}
+}
+
+func TestNoPreseed(t *testing.T) {
+	root := t.TempDir()
+	res, err := Run(context.Background(), Config{Root: root, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil || res.Preseed != "" {
+		t.Fatalf("%+v %v", res, err)
+	}
+}
