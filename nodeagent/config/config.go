@@ -56,6 +56,10 @@ type Libvirt struct {
 	URI string `yaml:"uri"`
 	// DomainType forces "kvm" or "qemu" (TCG); detected when empty.
 	DomainType string `yaml:"domain_type"`
+	// SeedDir holds the VMs' cloud-init seed ISOs. QEMU runs as its own
+	// user, so every parent must be traversable by it: the default lives
+	// in libvirt's tree; "" uses state_dir/vm-seeds.
+	SeedDir string `yaml:"seed_dir"`
 }
 
 // TLS names the node's PEM files.
@@ -83,7 +87,7 @@ func Default() Config {
 			Cert: "/etc/debvisor/pki/node.crt",
 			Key:  "/etc/debvisor/pki/node.key",
 		},
-		Libvirt: Libvirt{Socket: "/var/run/libvirt/libvirt-sock", URI: "qemu:///system"},
+		Libvirt: Libvirt{Socket: "/var/run/libvirt/libvirt-sock", URI: "qemu:///system", SeedDir: "/var/lib/libvirt/debvisor-seeds"},
 	}
 }
 
@@ -169,6 +173,9 @@ func (c Config) Validate() error {
 	}
 	if c.Libvirt.Socket != "" && !strings.Contains(c.Libvirt.URI, ":///") {
 		errs = append(errs, fmt.Errorf("libvirt.uri: %q is not a libvirt URI such as qemu:///system", c.Libvirt.URI))
+	}
+	if c.Libvirt.SeedDir != "" && !filepath.IsAbs(c.Libvirt.SeedDir) {
+		errs = append(errs, fmt.Errorf("libvirt.seed_dir: %q must be an absolute path", c.Libvirt.SeedDir))
 	}
 	if t := c.Libvirt.DomainType; t != "" && t != "kvm" && t != "qemu" {
 		errs = append(errs, fmt.Errorf("libvirt.domain_type: %q is neither kvm nor qemu (empty detects)", t))

@@ -43,6 +43,7 @@ func TestParse(t *testing.T) {
 		}},
 		{name: "relative libvirt socket", in: "libvirt:\n  socket: libvirt-sock\n", wantErr: "libvirt.socket: \"libvirt-sock\" must be an absolute path"},
 		{name: "bad libvirt uri", in: "libvirt:\n  uri: qemu\n", wantErr: "libvirt.uri:"},
+		{name: "relative seed dir", in: "libvirt:\n  seed_dir: seeds\n", wantErr: "libvirt.seed_dir:"},
 		{name: "bad domain type", in: "libvirt:\n  domain_type: xen\n", wantErr: "libvirt.domain_type:"},
 		{name: "unknown libvirt key", in: "libvirt:\n  sock: /x\n", wantErr: "unknown field \"sock\""},
 		{name: "not yaml", in: "listen: \"unterminated\n", wantErr: "["},

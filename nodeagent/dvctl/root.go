@@ -87,6 +87,7 @@ is configured).`,
 		newOperationCmd(g),
 		newConfigCmd(g),
 		newPKICmd(g),
+		newVMCmd(g), newPoolCmd(g), newVolumeCmd(g),
 	)
 	return root
 }

@@ -65,6 +65,7 @@ func startLibvirtAgent(t testing.TB) *lvAgent {
 	cfg.ShutdownTimeout = "5s"
 	cfg.TLS = config.TLS{CA: filepath.Join(p.dir, "ca.crt"), Cert: filepath.Join(p.dir, "node.crt"), Key: filepath.Join(p.dir, "node.key")}
 	cfg.Libvirt.Socket = env.Socket
+	cfg.Libvirt.SeedDir = "" // state_dir/vm-seeds, inside this test's directory
 
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	conn := libvirtconn.New(libvirtconn.Config{Socket: env.Socket}, log)

@@ -70,7 +70,6 @@ type Server struct {
 
 	verified verifyCache
 
-
 	// nil without libvirt
 	vms     *vm.Manager
 	storage *storage.Manager
@@ -120,7 +119,11 @@ func New(cfg config.Config, d Deps) (*Server, error) {
 	}
 	s.met = newMetrics(d.Registry)
 	if d.Libvirt != nil {
-		s.vms = vm.New(d.Libvirt, vm.Config{SeedDir: filepath.Join(cfg.StateDir, "vm-seeds"), DomainType: cfg.Libvirt.DomainType}, d.Log.With("component", "vm"))
+		seeds := cfg.Libvirt.SeedDir
+		if seeds == "" {
+			seeds = filepath.Join(cfg.StateDir, "vm-seeds")
+		}
+		s.vms = vm.New(d.Libvirt, vm.Config{SeedDir: seeds, DomainType: cfg.Libvirt.DomainType}, d.Log.With("component", "vm"))
 		s.storage = storage.New(d.Libvirt, d.Log.With("component", "storage"))
 	}
 	s.services = []service{

@@ -92,6 +92,20 @@ func ParseSize(s string) (int64, error) {
 	return int64(v), nil
 }
 
+// HumanSize renders bytes for people, rounded to one decimal in the
+// largest binary unit not above them ("252.0GiB").
+func HumanSize(n int64) string {
+	for _, u := range []struct {
+		s string
+		v int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.v {
+			return strconv.FormatFloat(float64(n)/float64(u.v), 'f', 1, 64) + u.s
+		}
+	}
+	return strconv.FormatInt(n, 10) + "B"
+}
+
 // FormatSize renders bytes with the largest binary unit that divides them.
 func FormatSize(n int64) string {
 	for _, u := range []struct {

@@ -34,7 +34,9 @@ func writeSeed(path, name, uuid string, ci *v1.CloudInit) (err error) {
 	for _, c := range files {
 		size += int64(len(c)) + 4096
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	// QEMU (its own user) must reach the ISO: the directory is
+	// traversable, the seeds themselves readable.
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
 		return fmt.Errorf("seed dir: %w", err)
 	}
 	tmp := path + ".tmp"
