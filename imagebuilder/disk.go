@@ -3,9 +3,9 @@ package imagebuilder
 import (
 	"bytes"
 	"context"
-	"io"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"

@@ -24,7 +24,7 @@ type seedFixture struct {
 	dir, seed, sshKey, pubKey string
 }
 
-func newSeed(t *testing.T) seedFixture {
+func newSeed(t testing.TB) seedFixture {
 	t.Helper()
 	requireTools(t, "ssh", "ssh-keygen")
 	_, dvctl := binaries(t)
@@ -61,7 +61,7 @@ pki:
 
 // dvctlStatus asks the agent in the guest for its node status over mTLS
 // through the forwarded port, with the real client.
-func dvctlStatus(t *testing.T, s seedFixture, port int) (map[string]any, error) {
+func dvctlStatus(t testing.TB, s seedFixture, port int) (map[string]any, error) {
 	_, dvctl := binaries(t)
 	pki := filepath.Join(s.dir, "pki")
 	out, err := exec.Command(dvctl, "status", "-o", "json", "--node", fmt.Sprintf("127.0.0.1:%d", port),

@@ -293,4 +293,3 @@ func (r *Report) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "PROBLEM   %s\n", p)
 	}
 }
-

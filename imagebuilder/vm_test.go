@@ -29,16 +29,17 @@ type vmConfig struct {
 
 // vm is one QEMU guest booting a copy-on-write overlay of the image.
 type vm struct {
-	t                *testing.T
+	t                testing.TB
 	dir              string
 	cmd              *exec.Cmd
 	serial           string
 	sshPort, apiPort int
 	sshKey           string
 	exited           chan error
+	stopped          bool
 }
 
-func startVM(t *testing.T, image string, cfg vmConfig, sshKey string) *vm {
+func startVM(t testing.TB, image string, cfg vmConfig, sshKey string) *vm {
 	t.Helper()
 	requireTools(t, "qemu-system-x86_64", "qemu-img")
 	for _, f := range []string{ovmfCode, ovmfVars} {
@@ -83,19 +84,28 @@ func startVM(t *testing.T, image string, cfg vmConfig, sshKey string) *vm {
 	}
 	go func() { v.exited <- v.cmd.Wait() }()
 	t.Cleanup(func() {
-		v.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-v.exited:
-		case <-time.After(10 * time.Second):
-			v.cmd.Process.Kill()
-			<-v.exited
-		}
+		v.stop()
 		if t.Failed() {
 			t.Logf("qemu stderr:\n%s", stderr.String())
 			t.Logf("serial console (last 6000 bytes):\n%s", tail(v.console(), 6000))
 		}
 	})
 	return v
+}
+
+// stop ends QEMU (idempotent).
+func (v *vm) stop() {
+	if v.stopped {
+		return
+	}
+	v.stopped = true
+	v.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-v.exited:
+		v.exited <- err
+	case <-time.After(10 * time.Second):
+		v.cmd.Process.Kill()
+	}
 }
 
 func (v *vm) console() string {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
@@ -41,7 +42,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newBuild(stdout, stderr), newInspect(stdout), newDefaultSpec(stdout), newSeed(stdout))
+	root.AddCommand(newBuild(stdout, stderr), newInspect(stdout), newDefaultSpec(stdout), newSeed(stdout), newQuickstart(stdout))
 	return root
 }
 
@@ -170,6 +171,30 @@ func newSeed(stdout io.Writer) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "ISO file to write")
+	return cmd
+}
+
+func newQuickstart(stdout io.Writer) *cobra.Command {
+	c := imagebuilder.QuickstartConfig{Out: stdout}
+	cmd := &cobra.Command{
+		Use:   "quickstart --image RAW --dvctl DVCTL --dir DIR",
+		Short: "Boot an image in QEMU with fresh PKI, wait for the agent and print how to reach it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if c.Image == "" || c.Dvctl == "" || c.Dir == "" {
+				return errors.New("--image, --dvctl and --dir are required")
+			}
+			return imagebuilder.Quickstart(cmd.Context(), c)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.Image, "image", "", "raw image to boot (a qcow2 overlay is made; the image is not changed)")
+	f.StringVar(&c.Dvctl, "dvctl", "", "dvctl binary")
+	f.StringVar(&c.Dir, "dir", "", "state directory (PKI, SSH key, disk overlay, console log)")
+	f.IntVar(&c.SSHPort, "ssh-port", 0, "loopback port forwarded to the guest's SSH (0: any free)")
+	f.IntVar(&c.APIPort, "api-port", 0, "loopback port forwarded to the agent's gRPC 7443 (0: any free)")
+	f.StringVar(&c.DiskSize, "disk-size", "8G", "virtual disk size (the data partition grows into it)")
+	f.DurationVar(&c.Timeout, "timeout", 10*time.Minute, "how long to wait for the agent")
 	return cmd
 }
 

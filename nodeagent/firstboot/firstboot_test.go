@@ -46,9 +46,9 @@ files:
     mode: "0640"
     content: "[Match]\nName=en*\n"
 `,
-		"seed/pki/ca.crt":   "CA",
-		"seed/pki/node.crt": "CERT",
-		"seed/pki/node.key": "KEY",
+		"seed/pki/ca.crt":           "CA",
+		"seed/pki/node.crt":         "CERT",
+		"seed/pki/node.key":         "KEY",
 		"root/.ssh/authorized_keys": "ssh-ed25519 AAAAold old@test",
 	})
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
