@@ -67,11 +67,11 @@ func dvctlStatus(t testing.TB, s seedFixture, port int) (map[string]any, error) 
 	out, err := exec.Command(dvctl, "status", "-o", "json", "--node", fmt.Sprintf("127.0.0.1:%d", port),
 		"--ca", filepath.Join(pki, "ca.crt"), "--cert", filepath.Join(pki, "admin.crt"), "--key", filepath.Join(pki, "admin.key")).CombinedOutput()
 	if err != nil {
-		return nil, fmt.Errorf("dvctl status: %v: %s", err, out)
+		return nil, fmt.Errorf("dvctl status: %w: %s", err, out)
 	}
 	var m map[string]any
 	if err := json.Unmarshal(out, &m); err != nil {
-		return nil, fmt.Errorf("dvctl status output: %v: %s", err, out)
+		return nil, fmt.Errorf("dvctl status output: %w: %s", err, out)
 	}
 	return m, nil
 }
@@ -105,7 +105,7 @@ func TestBootEndToEnd(t *testing.T) {
 	dataBytes, _ := strconv.ParseInt(v.mustSSH("blockdev --getsize64 /dev/disk/by-partlabel/debvisor-data"), 10, 64)
 	fsBytes, _ := strconv.ParseInt(v.mustSSH("df -B1 --output=size /data | tail -1"), 10, 64)
 	t.Logf("disk %d, data partition %d, data fs %d bytes", diskBytes, dataBytes, fsBytes)
-	if diskBytes < 6<<30 || dataBytes < diskBytes-int64(img.Manifest.Partitions[3].Start)-(4<<20) || fsBytes < dataBytes*9/10 {
+	if diskBytes < 6<<30 || dataBytes < diskBytes-img.Manifest.Partitions[3].Start-(4<<20) || fsBytes < dataBytes*9/10 {
 		t.Fatalf("data partition was not grown to fill the disk: disk %d, partition %d, filesystem %d", diskBytes, dataBytes, fsBytes)
 	}
 	// Soft immutability: / is the slot's read-only squashfs, /etc an overlay.

@@ -177,5 +177,5 @@ func ReadBootEnvCopies(primary, backup []byte) (EnvCopies, error) {
 	case berr == nil:
 		return EnvCopies{Env: b, RepairPrimary: true}, nil
 	}
-	return EnvCopies{}, fmt.Errorf("both grubenv copies are damaged: primary: %v; backup: %v", perr, berr)
+	return EnvCopies{}, fmt.Errorf("both grubenv copies are damaged: primary: %w; backup: %w", perr, berr)
 }

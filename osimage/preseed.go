@@ -108,7 +108,7 @@ func (p *Preseed) Validate() error {
 	}
 	for i, f := range p.Files {
 		clean := path.Clean(f.Path)
-		if !path.IsAbs(f.Path) || clean != f.Path || !(strings.HasPrefix(clean, "/etc/") || strings.HasPrefix(clean, "/var/")) {
+		if !path.IsAbs(f.Path) || clean != f.Path || (!strings.HasPrefix(clean, "/etc/") && !strings.HasPrefix(clean, "/var/")) {
 			errs = append(errs, fmt.Errorf("files[%d].path: %q must be a clean absolute path under /etc or /var", i, f.Path))
 		}
 		if _, err := f.FileMode(); err != nil {

@@ -7,7 +7,6 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/datasource"
 	"github.com/hashicorp/terraform-plugin-framework/datasource/schema"
 	"github.com/hashicorp/terraform-plugin-framework/path"
-	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 	"github.com/hashicorp/terraform-plugin-framework/types"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
@@ -49,7 +48,7 @@ func (d *StoragePoolDataSource) Schema(_ context.Context, _ datasource.SchemaReq
 		MarkdownDescription: "An existing storage pool on the node, e.g. one shared by several configurations. Fails when the pool does not exist.",
 		Attributes: map[string]schema.Attribute{
 			"id":   schema.StringAttribute{MarkdownDescription: "The pool's name.", Computed: true},
-			"name": schema.StringAttribute{MarkdownDescription: "Name of the pool to read.", Required: true, Validators: []validator.String(nameValidators())},
+			"name": schema.StringAttribute{MarkdownDescription: "Name of the pool to read.", Required: true, Validators: nameValidators()},
 			"type": schema.StringAttribute{MarkdownDescription: "Pool type: " + quoted(poolTypes.words()) + ".", Computed: true},
 			"path": schema.StringAttribute{MarkdownDescription: "Target path (directory, mount point or /dev/VG).", Computed: true},
 			"source_devices": schema.ListAttribute{

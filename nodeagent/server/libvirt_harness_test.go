@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
+	osexec "os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -186,7 +186,7 @@ func (a *lvAgent) cleanupVM(t testing.TB, name string) {
 // virsh runs virsh against qemu:///system: the independent witness.
 func virsh(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	out, err := exec.Command("virsh", append([]string{"-c", "qemu:///system", "-q"}, args...)...).CombinedOutput()
+	out, err := osexec.Command("virsh", append([]string{"-c", "qemu:///system", "-q"}, args...)...).CombinedOutput()
 	return strings.TrimSpace(string(out)), err
 }
 
@@ -231,3 +231,9 @@ func statusIs(t testing.TB, err error, code codes.Code, substr string) {
 func sprintf(f string, a ...any) string { return fmt.Sprintf(f, a...) }
 
 func sprintfErr(f string, a ...any) error { return fmt.Errorf(f, a...) }
+
+// exec runs a command and returns its combined output.
+func exec(name string, args ...string) (string, error) {
+	out, err := osexec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}

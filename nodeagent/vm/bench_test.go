@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
 	"github.com/debvisor/debvisor/api/client"
+	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
 	"github.com/debvisor/debvisor/internal/testenv/agent"
 	"github.com/debvisor/debvisor/internal/testenv/libvirtd"
 )

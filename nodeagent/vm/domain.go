@@ -19,9 +19,6 @@ var busNames = map[v1.Disk_Bus]string{
 	v1.Disk_BUS_SCSI:   "scsi",
 }
 
-// metaNS is the namespace of DebVisor's element in a domain's <metadata>.
-const metaNS = "https://debvisor.dev/xmlns/vm/1"
-
 // meta is what DebVisor keeps in the domain definition beyond what libvirt
 // itself models: the desired power state and the cloud-init documents (so
 // GetVM returns the spec it was given).

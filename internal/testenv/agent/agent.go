@@ -172,7 +172,7 @@ tls:
 		return a, nil
 	case err := <-a.done:
 		a.done <- err
-		return nil, fmt.Errorf("debvisor-agent exited before serving (%v); log:\n%s", err, a.Log())
+		return nil, fmt.Errorf("debvisor-agent exited before serving (%w); log:\n%s", err, a.Log())
 	case <-time.After(o.StartTimeout):
 		a.Stop()
 		return nil, fmt.Errorf("debvisor-agent not serving after %s; log:\n%s", o.StartTimeout, a.Log())
@@ -207,10 +207,11 @@ func (a *Agent) Stop() {
 		}
 		_ = a.cmd.Process.Signal(os.Interrupt)
 		select {
-		case <-a.done:
+		case err := <-a.done:
+			a.done <- err // later readers see the exit too
 		case <-time.After(15 * time.Second):
 			_ = a.cmd.Process.Kill()
-			<-a.done
+			a.done <- <-a.done
 		}
 	})
 }

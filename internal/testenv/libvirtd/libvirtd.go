@@ -67,7 +67,7 @@ func ensure() error {
 	// libvirtd then fails too.
 	vlOut, _ := exec.CommandContext(ctx, "virtlogd", "-d").CombinedOutput()
 	if out, err := exec.CommandContext(ctx, "libvirtd", "-d").CombinedOutput(); err != nil {
-		return fmt.Errorf("libvirtd -d: %v: %s (virtlogd: %s)", err, strings.TrimSpace(string(out)), strings.TrimSpace(string(vlOut)))
+		return fmt.Errorf("libvirtd -d: %w: %s (virtlogd: %s)", err, strings.TrimSpace(string(out)), strings.TrimSpace(string(vlOut)))
 	}
 	var last error
 	for ctx.Err() == nil {
@@ -76,7 +76,7 @@ func ensure() error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return fmt.Errorf("libvirtd started but %s did not answer within 30 s: %v", Socket, last)
+	return fmt.Errorf("libvirtd started but %s did not answer within 30 s: %w", Socket, last)
 }
 
 func ping() error {
@@ -84,7 +84,7 @@ func ping() error {
 	if err := lv.ConnectToURI(libvirt.QEMUSystem); err != nil {
 		return err
 	}
-	defer lv.Disconnect()
+	defer func() { _ = lv.Disconnect() }()
 	_, err := lv.ConnectGetLibVersion()
 	return err
 }
