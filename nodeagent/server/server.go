@@ -221,6 +221,9 @@ func (s *Server) Run(ctx context.Context) error {
 		servers = append(servers, func(ctx context.Context) { _ = hs.Shutdown(ctx) })
 	}
 
+	// The first round runs before the agent reports itself serving, so
+	// GetNode never shows a partial summary (every check is cheap).
+	s.hlth.RunAll(ctx)
 	s.mu.Lock()
 	s.addrs = addrs
 	s.mu.Unlock()
@@ -268,17 +271,17 @@ func (s *Server) shutdown(servers []func(context.Context)) {
 	}
 }
 
-// healthLoop runs all checks at start and then every minute.
+// healthLoop runs all checks every minute.
 func (s *Server) healthLoop(ctx context.Context) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
-		s.hlth.RunAll(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		s.hlth.RunAll(ctx)
 	}
 }
 

@@ -10,8 +10,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -49,6 +52,11 @@ func EnsureRunning(t testing.TB) Env {
 }
 
 func ensure() error {
+	// Before libvirtd looks at /dev/kvm: changing its mode later makes
+	// libvirtd probe QEMU's capabilities again.
+	if err := EnsureKVMAccess(); err != nil {
+		return err
+	}
 	if err := ping(); err == nil {
 		return nil
 	}
@@ -87,4 +95,40 @@ func ping() error {
 	defer func() { _ = lv.Disconnect() }()
 	_, err := lv.ConnectGetLibVersion()
 	return err
+}
+
+// EnsureKVMAccess gives the kvm group read-write access to /dev/kvm, as
+// udev's rule does on a normal Debian host. Machines without udev (CI,
+// containers) leave the node root-only: QEMU started by libvirtd as
+// libvirt-qemu (a member of kvm) then fails with "Could not access KVM
+// kernel module", and libvirtd, finding KVM present but unusable, probes
+// QEMU's capabilities again on every domain definition. A missing /dev/kvm
+// is fine (domains use TCG); a missing kvm group is left alone.
+func EnsureKVMAccess() error {
+	st, err := os.Stat("/dev/kvm")
+	if err != nil {
+		return nil
+	}
+	grp, err := user.LookupGroup("kvm")
+	if err != nil {
+		return nil
+	}
+	gid, err := strconv.Atoi(grp.Gid)
+	if err != nil {
+		return nil
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if ok && int(sys.Gid) == gid && st.Mode().Perm()&0o060 == 0o060 {
+		return nil
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("/dev/kvm is not read-write for the kvm group (mode %v) and fixing it needs root", st.Mode().Perm())
+	}
+	if err := os.Chown("/dev/kvm", 0, gid); err != nil {
+		return fmt.Errorf("chown /dev/kvm: %w", err)
+	}
+	if err := os.Chmod("/dev/kvm", st.Mode().Perm()|0o660); err != nil {
+		return fmt.Errorf("chmod /dev/kvm: %w", err)
+	}
+	return nil
 }
