@@ -22,6 +22,11 @@ import (
 
 const sectorSize = 512
 
+// gptFirstUsableLBA is the first sector after the primary GPT header and
+// its 128 entries of 128 bytes (go-diskfs' defaults, like every other
+// partitioner's): the BIOS boot partition starts there.
+const gptFirstUsableLBA = 2 + 128*128/sectorSize
+
 // layout is where each partition goes.
 type layout struct {
 	total int64
@@ -36,7 +41,10 @@ type partSpec struct {
 	start, size int64 // bytes
 }
 
-// planLayout places the four partitions 1 MiB-aligned in contract order.
+// planLayout places the four partitions 1 MiB-aligned in contract order,
+// then the BIOS boot partition (number 5) in the gap before the ESP: it is
+// listed last so partition numbers 1-4 keep their meaning, and lies first
+// on disk so the data partition stays last and can grow.
 func planLayout(s *Spec, digest string) layout {
 	l := layout{guid: derivedGUID(digest, "disk")}
 	off := int64(MiB)
@@ -49,7 +57,20 @@ func planLayout(s *Spec, digest string) layout {
 	add(osimage.PartB, osimage.LabelB, osimage.TypeLinuxFilesystem, s.SlotSize)
 	add(osimage.PartData, osimage.LabelData, osimage.TypeLinuxFilesystem, s.DataSize)
 	l.total = off + int64(MiB) // room for the backup GPT
+	biosStart := int64(gptFirstUsableLBA * sectorSize)
+	l.parts = append(l.parts, partSpec{num: osimage.PartBIOS, label: osimage.LabelBIOS, typ: osimage.TypeBIOSBoot,
+		guid: derivedGUID(digest, osimage.LabelBIOS), start: biosStart, size: l.parts[0].start - biosStart})
 	return l
+}
+
+// part returns the planned partition with GPT number n.
+func (l layout) part(n int) partSpec {
+	for _, p := range l.parts {
+		if p.num == n {
+			return p
+		}
+	}
+	panic(fmt.Sprintf("layout has no partition %d", n))
 }
 
 // derivedGUID makes a stable, valid (version 4 layout) GUID from the spec
@@ -62,10 +83,19 @@ func derivedGUID(digest, name string) string {
 	return strings.ToUpper(u.String())
 }
 
-// assemble writes the GPT, the ESP, slot A and the data partition into a
-// new raw file.
+// assemble writes the GPT, the ESP, slot A, the data partition and the
+// BIOS boot loader into a new raw file.
 func (b *builder) assemble(ctx context.Context, rawPath string, slot slotInfo) (layout, error) {
 	l := planLayout(b.spec, b.digest)
+	bios := l.part(osimage.PartBIOS)
+	// core.img is built first so a too-large one fails before any writing.
+	bb, err := b.grubBIOS(ctx)
+	if err != nil {
+		return l, err
+	}
+	if err := checkBIOSFit(bb.core, bios.size/sectorSize); err != nil {
+		return l, fmt.Errorf("BIOS boot partition: %w", err)
+	}
 	os.Remove(rawPath)
 	// go-diskfs stamps FAT entries with SOURCE_DATE_EPOCH when set
 	// (util/timestamp); the build's epoch must win over the wall clock.
@@ -100,7 +130,7 @@ func (b *builder) assemble(ctx context.Context, rawPath string, slot slotInfo) (
 	if err := d.Close(); err != nil {
 		return l, fmt.Errorf("close %s: %w", rawPath, err)
 	}
-	data, err := b.mkData(ctx, l.parts[3])
+	data, err := b.mkData(ctx, l.part(osimage.PartData))
 	if err != nil {
 		return l, fmt.Errorf("data partition: %w", err)
 	}
@@ -112,13 +142,19 @@ func (b *builder) assemble(ctx context.Context, rawPath string, slot slotInfo) (
 		return l, err
 	}
 	defer raw.Close()
+	if err := fixFAT32(raw, raw, l.part(osimage.PartESP).start); err != nil {
+		return l, fmt.Errorf("ESP: %w", err)
+	}
 	for _, w := range []struct {
 		part partSpec
 		file string
-	}{{l.parts[1], slot.path}, {l.parts[3], data}} {
+	}{{l.part(osimage.PartA), slot.path}, {l.part(osimage.PartData), data}} {
 		if err := copySparseAt(raw, w.part.start, w.part.size, w.file); err != nil {
 			return l, fmt.Errorf("partition %d (%s): %w", w.part.num, w.part.label, err)
 		}
+	}
+	if err := installBIOSBoot(raw, bb, bios.start/sectorSize, bios.size/sectorSize); err != nil {
+		return l, fmt.Errorf("BIOS boot loader: %w", err)
 	}
 	return l, raw.Sync()
 }

@@ -29,6 +29,7 @@ type Report struct {
 	Slots      map[string]SlotReport       `json:"slots"`
 	BootEnv    map[string]string           `json:"bootenv,omitempty"`
 	NextBoot   string                      `json:"next_boot,omitempty"`
+	BIOSBoot   *BIOSBootReport             `json:"bios_boot,omitempty"`
 	Checked    []string                    `json:"checked"`
 	Problems   []string                    `json:"problems"`
 }
@@ -42,7 +43,8 @@ type SlotReport struct {
 }
 
 // Inspect reads an image back with go-diskfs: partition table against the
-// layout contract, every file on the ESP, both grubenv copies, every file in
+// layout contract, the legacy BIOS boot code in the MBR and the BIOS boot
+// partition it loads, every file on the ESP, both grubenv copies, every file in
 // each slot's squashfs, and the data partition's ext4. It returns the report
 // and an error when anything is inconsistent.
 func Inspect(image string) (*Report, error) {
@@ -68,6 +70,7 @@ func Inspect(image string) (*Report, error) {
 	want := map[int][2]string{
 		osimage.PartESP: {osimage.LabelESP, osimage.TypeEFISystem}, osimage.PartA: {osimage.LabelA, osimage.TypeLinuxFilesystem},
 		osimage.PartB: {osimage.LabelB, osimage.TypeLinuxFilesystem}, osimage.PartData: {osimage.LabelData, osimage.TypeLinuxFilesystem},
+		osimage.PartBIOS: {osimage.LabelBIOS, osimage.TypeBIOSBoot},
 	}
 	parts := map[int]*gpt.Partition{}
 	for _, p := range table.Partitions {
@@ -77,7 +80,7 @@ func Inspect(image string) (*Report, error) {
 		parts[p.Index] = p
 		r.Partitions = append(r.Partitions, osimage.ManifestPartition{Number: p.Index, Label: p.Name, Type: strings.ToUpper(string(p.Type)), GUID: p.GUID, Start: p.GetStart(), Size: p.GetSize()})
 	}
-	for n := osimage.PartESP; n <= osimage.PartData; n++ {
+	for _, n := range []int{osimage.PartESP, osimage.PartA, osimage.PartB, osimage.PartData, osimage.PartBIOS} {
 		p, ok := parts[n]
 		switch {
 		case !ok:
@@ -95,6 +98,7 @@ func Inspect(image string) (*Report, error) {
 		return r, r.err()
 	}
 	r.Checked = append(r.Checked, "gpt")
+	r.inspectBIOS(d.Backend, parts[osimage.PartBIOS], parts)
 	r.inspectESP(d.Backend, parts[osimage.PartESP])
 	for _, s := range osimage.Slots {
 		r.inspectSlot(d.Backend, s, parts[s.Partition()])
@@ -108,6 +112,29 @@ func (r *Report) err() error {
 		return nil
 	}
 	return fmt.Errorf("%s: %d problem(s): %s", r.Image, len(r.Problems), strings.Join(r.Problems, "; "))
+}
+
+// inspectBIOS checks that the BIOS boot partition lies in the gap before
+// every other partition (firstboot grows the data partition, which must stay
+// last) and that the MBR boot code loads a core.img inside it.
+func (r *Report) inspectBIOS(b backend.Storage, p *gpt.Partition, parts map[int]*gpt.Partition) {
+	start, size := uint64(p.GetStart()), uint64(p.GetSize())
+	if start%sectorSize != 0 || size%sectorSize != 0 || size == 0 {
+		r.Problems = append(r.Problems, fmt.Sprintf("BIOS boot partition %d is not whole sectors (start %d, size %d bytes)", p.Index, start, size))
+		return
+	}
+	for n, o := range parts {
+		if n != p.Index && uint64(o.GetStart()) < start+size {
+			r.Problems = append(r.Problems, fmt.Sprintf("BIOS boot partition %d (bytes %d-%d) is not before partition %d (starts at %d)", p.Index, start, start+size, n, o.GetStart()))
+		}
+	}
+	bios, err := readBIOSBoot(b, start/sectorSize, size/sectorSize)
+	if err != nil {
+		r.Problems = append(r.Problems, "BIOS boot: "+err.Error())
+		return
+	}
+	r.BIOSBoot = &bios
+	r.Checked = append(r.Checked, fmt.Sprintf("bios: MBR boot code loads core.img (%d sectors) from LBA %d in partition %d", bios.CoreSectors, bios.CoreLBA, p.Index))
 }
 
 func (r *Report) inspectESP(b backend.Storage, p *gpt.Partition) {
@@ -262,13 +289,22 @@ func readFile(fs filesystem.FileSystem, p string) ([]byte, error) {
 	return b, nil
 }
 
+// sizeText shows whole MiB as such and anything else (the BIOS boot
+// partition at sector 34, under 1 MiB) in sectors, so nothing reads as 0.
+func sizeText(n int64) string {
+	if n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d s", n/sectorSize)
+}
+
 // WriteText prints the report for people.
 func (r *Report) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "image     %s (%d MiB, disk %s)\n", r.Image, r.Size>>20, r.DiskGUID)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tlabel\tstart\tsize\tguid")
 	for _, p := range r.Partitions {
-		fmt.Fprintf(tw, "%d\t%s\t%d MiB\t%d MiB\t%s\n", p.Number, p.Label, p.Start>>20, p.Size>>20, p.GUID)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", p.Number, p.Label, sizeText(p.Start), sizeText(p.Size), p.GUID)
 	}
 	tw.Flush()
 	for _, s := range osimage.Slots {

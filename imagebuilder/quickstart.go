@@ -23,11 +23,74 @@ type QuickstartConfig struct {
 	SSHPort, APIPort int
 	DiskSize         string
 	Timeout          time.Duration
-	Out              io.Writer
+	// Firmware is FirmwareAuto (default), FirmwareBIOS or FirmwareUEFI.
+	Firmware string
+	Out      io.Writer
 }
 
-// Quickstart boots the image in QEMU (UEFI via OVMF, user-mode networking
-// forwarded to loopback only) with a fresh cluster CA, node and admin
+// Firmware choices for Quickstart: the image boots either way.
+const (
+	// FirmwareAuto boots through the BIOS path under KVM when KVM can run
+	// it in hardware (KVMForBIOS; fast) and through UEFI under TCG
+	// otherwise.
+	FirmwareAuto = "auto"
+	// FirmwareBIOS boots with QEMU's SeaBIOS (KVM when KVMForBIOS, else TCG).
+	FirmwareBIOS = "bios"
+	// FirmwareUEFI boots with OVMF, always under TCG: OVMF stops with a KVM
+	// emulation failure on the development machines (DESIGN.md).
+	FirmwareUEFI = "uefi"
+)
+
+// quickstartMachine picks the firmware and accelerator for a firmware
+// choice, given whether KVM can run the BIOS boot path at full speed
+// (KVMForBIOS).
+func quickstartMachine(firmware string, kvm bool) (fw, accel string, err error) {
+	switch firmware {
+	case "", FirmwareAuto:
+		if kvm {
+			return FirmwareBIOS, "kvm", nil
+		}
+		return FirmwareUEFI, "tcg", nil
+	case FirmwareBIOS:
+		if kvm {
+			return FirmwareBIOS, "kvm", nil
+		}
+		return FirmwareBIOS, "tcg", nil
+	case FirmwareUEFI:
+		return FirmwareUEFI, "tcg", nil
+	}
+	return "", "", fmt.Errorf("firmware %q: want %s, %s or %s", firmware, FirmwareAuto, FirmwareBIOS, FirmwareUEFI)
+}
+
+// KVMForBIOS reports whether the BIOS boot path should run under KVM, and
+// why not. /dev/kvm must open, and KVM must execute real-mode and unpaged
+// protected-mode code in hardware: SeaBIOS, boot.img and all of GRUB i386-pc
+// run that way. PVM (kvm_pvm, the "KVM" of the development machines) runs
+// such code in KVM's instruction emulator: GRUB alone then needed about a
+// minute to start (its LZMA decompressor ran at a few KiB/s) and, with the
+// machine loaded, had not printed anything after five minutes, whereas TCG
+// reaches the kernel in seconds.
+func KVMForBIOS() (bool, string) {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false, fmt.Sprintf("/dev/kvm: %v", err)
+	}
+	f.Close()
+	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
+		return false, "KVM is PVM (kvm_pvm), which emulates the real-mode and unpaged code of the BIOS boot path instruction by instruction"
+	}
+	return true, ""
+}
+
+// ovmf* are Debian's ovmf package files.
+const (
+	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
+
+// Quickstart boots the image in QEMU (SeaBIOS under KVM when KVM runs the
+// BIOS path in hardware, else UEFI via OVMF under TCG; see QuickstartConfig.Firmware;
+// user-mode networking forwarded to loopback only) with a fresh cluster CA, node and admin
 // certificates and an SSH key delivered on a DEBVISOR-SEED volume, waits
 // until the agent answers over mTLS and prints how to reach it. QEMU keeps
 // running in the background; the printed command stops it.
@@ -37,6 +100,11 @@ func Quickstart(ctx context.Context, c QuickstartConfig) error {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Minute
+	}
+	kvm, _ := KVMForBIOS()
+	fw, accel, err := quickstartMachine(c.Firmware, kvm)
+	if err != nil {
+		return err
 	}
 	dir, err := filepath.Abs(c.Dir)
 	if err != nil {
@@ -93,14 +161,6 @@ func Quickstart(ctx context.Context, c QuickstartConfig) error {
 	if err := x("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", img, disk, c.DiskSize); err != nil {
 		return err
 	}
-	vars := filepath.Join(dir, "OVMF_VARS.fd")
-	vb, err := os.ReadFile("/usr/share/OVMF/OVMF_VARS_4M.fd")
-	if err != nil {
-		return fmt.Errorf("OVMF (Debian package ovmf): %w", err)
-	}
-	if err := os.WriteFile(vars, vb, 0o600); err != nil {
-		return err
-	}
 	for _, p := range []*int{&c.SSHPort, &c.APIPort} {
 		if *p == 0 {
 			if *p, err = freeLoopbackPort(); err != nil {
@@ -110,20 +170,30 @@ func Quickstart(ctx context.Context, c QuickstartConfig) error {
 	}
 	serial := filepath.Join(dir, "console.log")
 	pidfile := filepath.Join(dir, "qemu.pid")
-	// OVMF stops with a KVM emulation failure on the development machines
-	// (DESIGN.md), so the UEFI boot uses TCG.
 	args := []string{"-daemonize", "-pidfile", pidfile, "-name", "debvisor-quickstart",
-		"-machine", "q35", "-accel", "tcg", "-m", "2048", "-smp", "2",
-		"-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-		"-drive", "if=pflash,format=raw,file=" + vars,
-		"-drive", "file=" + disk + ",if=virtio,format=qcow2",
-		"-drive", "file=" + seed + ",if=virtio,format=raw,readonly=on",
+		"-machine", "q35", "-accel", accel, "-m", "2048", "-smp", "2"}
+	if fw == FirmwareUEFI {
+		vars := filepath.Join(dir, "OVMF_VARS.fd")
+		vb, err := os.ReadFile(ovmfVars)
+		if err != nil {
+			return fmt.Errorf("OVMF (Debian package ovmf): %w", err)
+		}
+		if err := os.WriteFile(vars, vb, 0o600); err != nil {
+			return err
+		}
+		args = append(args, "-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode, "-drive", "if=pflash,format=raw,file="+vars)
+	}
+	// Without pflash QEMU runs its bundled SeaBIOS, which boots the image
+	// through boot.img in the MBR and core.img in the BIOS boot partition.
+	args = append(args,
+		"-drive", "file="+disk+",if=virtio,format=qcow2",
+		"-drive", "file="+seed+",if=virtio,format=raw,readonly=on",
 		"-nic", fmt.Sprintf("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:22,hostfwd=tcp:127.0.0.1:%d-:7443", c.SSHPort, c.APIPort),
-		"-serial", "file:" + serial, "-display", "none", "-monitor", "none"}
+		"-serial", "file:"+serial, "-display", "none", "-monitor", "none")
 	if err := x("qemu-system-x86_64", args...); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.Out, "QEMU started (pid file %s); console log: %s\nwaiting for the agent on 127.0.0.1:%d ...\n", pidfile, serial, c.APIPort)
+	fmt.Fprintf(c.Out, "QEMU started (%s firmware, %s; pid file %s); console log: %s\nwaiting for the agent on 127.0.0.1:%d ...\n", fw, accel, pidfile, serial, c.APIPort)
 	status := []string{"status", "--node", fmt.Sprintf("127.0.0.1:%d", c.APIPort), "--ca", filepath.Join(pki, "ca.crt"),
 		"--cert", filepath.Join(pki, "admin.crt"), "--key", filepath.Join(pki, "admin.key")}
 	deadline := time.Now().Add(c.Timeout)

@@ -10,10 +10,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/debvisor/debvisor/imagebuilder"
 )
 
 // OVMF firmware from Debian's ovmf package. OVMF does not run under KVM on
-// the CI machines (DESIGN.md), so UEFI boots use TCG.
+// the CI machines (DESIGN.md), so UEFI boots use TCG; BIOS boots use
+// QEMU's bundled SeaBIOS (see firmwareArgs for their accelerator).
 const (
 	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
@@ -25,6 +28,62 @@ type vmConfig struct {
 	DiskSize string
 	Seed     string
 	Network  bool
+	// Firmware is "uefi" (the default: OVMF, always TCG) or "bios"
+	// (SeaBIOS, QEMU's default firmware).
+	Firmware string
+	// Accel for BIOS boots: "" picks KVM when imagebuilder.KVMForBIOS says
+	// it runs the BIOS path in hardware, else TCG; "kvm" or "tcg" force one.
+	Accel string
+}
+
+// firmwareArgs returns QEMU's machine, accelerator and firmware arguments
+// and the accelerator used. OVMF stops with a KVM emulation failure on the
+// development machines (DESIGN.md), so UEFI always runs under TCG; the BIOS
+// path runs under KVM where KVM executes it in hardware.
+func firmwareArgs(t testing.TB, dir string, cfg vmConfig) ([]string, string) {
+	t.Helper()
+	switch cfg.Firmware {
+	case "", "uefi":
+		for _, f := range []string{ovmfCode, ovmfVars} {
+			if _, err := os.Stat(f); err != nil {
+				t.Fatalf("OVMF firmware missing (install ovmf): %v", err)
+			}
+		}
+		vars := filepath.Join(dir, "vars.fd")
+		b, err := os.ReadFile(ovmfVars)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(vars, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return []string{"-machine", "q35", "-accel", "tcg",
+			"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
+			"-drive", "if=pflash,format=raw,file=" + vars}, "tcg"
+	case "bios":
+		// No -bios and no pflash: QEMU loads its bundled SeaBIOS.
+		kvm, why := imagebuilder.KVMForBIOS()
+		switch {
+		case cfg.Accel == "kvm":
+			if _, err := os.Stat("/dev/kvm"); err != nil {
+				t.Fatalf("KVM requested: %v", err)
+			}
+			if !kvm {
+				t.Logf("KVM forced although %s", why)
+			}
+			return []string{"-machine", "q35", "-accel", "kvm"}, "kvm"
+		case cfg.Accel == "" && kvm:
+			return []string{"-machine", "q35", "-accel", "kvm"}, "kvm"
+		case cfg.Accel == "" || cfg.Accel == "tcg":
+			if cfg.Accel == "" {
+				t.Logf("BIOS boot under TCG: %s", why)
+			}
+			return []string{"-machine", "q35", "-accel", "tcg"}, "tcg"
+		}
+		t.Fatalf("unknown accelerator %q", cfg.Accel)
+	}
+	t.Fatalf("unknown firmware %q (want uefi or bios)", cfg.Firmware)
+	return nil, ""
 }
 
 // vm is one QEMU guest booting a copy-on-write overlay of the image.
@@ -35,6 +94,7 @@ type vm struct {
 	serial           string
 	sshPort, apiPort int
 	sshKey           string
+	accel            string // "kvm" or "tcg"
 	exited           chan error
 	stopped          bool
 }
@@ -42,31 +102,16 @@ type vm struct {
 func startVM(t testing.TB, image string, cfg vmConfig, sshKey string) *vm {
 	t.Helper()
 	requireTools(t, "qemu-system-x86_64", "qemu-img")
-	for _, f := range []string{ovmfCode, ovmfVars} {
-		if _, err := os.Stat(f); err != nil {
-			t.Fatalf("OVMF firmware missing (install ovmf): %v", err)
-		}
-	}
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.qcow2")
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image, disk, cfg.DiskSize)
-	vars := filepath.Join(dir, "vars.fd")
-	b, err := os.ReadFile(ovmfVars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(vars, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	v := &vm{t: t, dir: dir, serial: filepath.Join(dir, "serial.log"), sshKey: sshKey, exited: make(chan error, 1)}
-	args := []string{
-		"-machine", "q35", "-accel", "tcg", "-m", "1536", "-smp", "2",
-		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
-		"-drive", "if=pflash,format=raw,file=" + vars,
-		"-drive", "file=" + disk + ",if=virtio,format=qcow2",
-		"-serial", "file:" + v.serial,
+	fw, accel := firmwareArgs(t, dir, cfg)
+	v := &vm{t: t, dir: dir, serial: filepath.Join(dir, "serial.log"), sshKey: sshKey, exited: make(chan error, 1), accel: accel}
+	args := append(fw, "-m", "1536", "-smp", "2",
+		"-drive", "file="+disk+",if=virtio,format=qcow2",
+		"-serial", "file:"+v.serial,
 		"-display", "none", "-monitor", "none",
-	}
+	)
 	if cfg.Seed != "" {
 		args = append(args, "-drive", "file="+cfg.Seed+",if=virtio,format=raw,readonly=on")
 	}

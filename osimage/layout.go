@@ -17,6 +17,12 @@ const (
 	PartA    = 2
 	PartB    = 3
 	PartData = 4
+	// PartBIOS is the GPT "BIOS boot" partition holding GRUB's i386-pc
+	// core.img for legacy BIOS boots. It is numbered after the original
+	// four (which must keep their numbers) but lies physically first, in
+	// the gap between the GPT entry array and the 1 MiB-aligned ESP, so the
+	// data partition stays last on disk and firstboot can still grow it.
+	PartBIOS = 5
 )
 
 // Partition labels (GPT names); Linux userland finds partitions by these
@@ -26,12 +32,16 @@ const (
 	LabelA    = "debvisor-a"
 	LabelB    = "debvisor-b"
 	LabelData = "debvisor-data"
+	LabelBIOS = "debvisor-bios"
 )
 
 // GPT partition type GUIDs used by the layout.
 const (
 	TypeEFISystem       = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 	TypeLinuxFilesystem = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+	// TypeBIOSBoot marks the partition GRUB's boot.img loads core.img from
+	// ("Hah!IdontNeedEFI"); it holds no filesystem.
+	TypeBIOSBoot = "21686148-6449-6E6F-744E-656564454649"
 )
 
 // Slot names one of the two A/B system partitions.

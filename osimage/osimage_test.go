@@ -32,6 +32,11 @@ func TestSlotContract(t *testing.T) {
 	if SlotA.Other() != SlotB || SlotB.Other() != SlotA || SlotB.Label() != LabelB {
 		t.Fatal("slot helpers disagree")
 	}
+	// The BIOS boot partition came later: it must not take a number the
+	// UEFI path (and every node already installed) relies on.
+	if PartBIOS != 5 || LabelBIOS != "debvisor-bios" || TypeBIOSBoot != "21686148-6449-6E6F-744E-656564454649" {
+		t.Fatalf("BIOS boot partition contract changed: %d %s %s", PartBIOS, LabelBIOS, TypeBIOSBoot)
+	}
 	if _, err := ParseSlot("c"); err == nil {
 		t.Fatal("ParseSlot accepted c")
 	}

@@ -195,6 +195,8 @@ func newQuickstart(stdout io.Writer) *cobra.Command {
 	f.IntVar(&c.APIPort, "api-port", 0, "loopback port forwarded to the agent's gRPC 7443 (0: any free)")
 	f.StringVar(&c.DiskSize, "disk-size", "8G", "virtual disk size (the data partition grows into it)")
 	f.DurationVar(&c.Timeout, "timeout", 10*time.Minute, "how long to wait for the agent")
+	f.StringVar(&c.Firmware, "firmware", imagebuilder.FirmwareAuto,
+		"auto (SeaBIOS under KVM when KVM runs the BIOS path in hardware, else OVMF under TCG), bios (SeaBIOS) or uefi (OVMF, always TCG)")
 	return cmd
 }
 
