@@ -132,6 +132,10 @@ func TestBootEndToEnd(t *testing.T) {
 	if status["bootedSlot"] != "A" && status["booted_slot"] != "A" {
 		t.Fatalf("agent reports booted slot %v, want A (status %v)", status["bootedSlot"], status)
 	}
+	// The version the spec declared, from the slot's release file (osimage.Release).
+	if status["osVersion"] != img.Manifest.Version && status["os_version"] != img.Manifest.Version {
+		t.Fatalf("agent reports OS version %v, want the image's %q (status %v)", status["osVersion"], img.Manifest.Version, status)
+	}
 	if out, err := v.ssh("/usr/local/sbin/validate-components.sh"); err != nil {
 		t.Logf("validate-components.sh on first boot: %v\n%s", err, out)
 	}
@@ -203,6 +207,10 @@ func TestBootBIOSUnderKVM(t *testing.T) {
 	t.Logf("agent answered after %s", time.Since(t0).Round(time.Millisecond))
 	if status["bootedSlot"] != "A" && status["booted_slot"] != "A" {
 		t.Fatalf("agent reports booted slot %v, want A (status %v)", status["bootedSlot"], status)
+	}
+	// The version the spec declared, from the slot's release file (osimage.Release).
+	if status["osVersion"] != img.Manifest.Version && status["os_version"] != img.Manifest.Version {
+		t.Fatalf("agent reports OS version %v, want the image's %q (status %v)", status["osVersion"], img.Manifest.Version, status)
 	}
 	v.waitSSH(2 * time.Minute)
 	cmdline := v.mustSSH("cat /proc/cmdline")

@@ -207,13 +207,11 @@ func (r *Report) inspectSlot(b backend.Storage, s osimage.Slot, p *gpt.Partition
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("slot %s: no %s: %v", s, ReleaseFile, err))
 	}
-	for _, line := range strings.Split(string(rel), "\n") {
-		k, v, _ := strings.Cut(line, "=")
-		switch k {
-		case "VERSION":
-			rep.Version = v
-		case "SPEC_DIGEST":
-			rep.Spec = v
+	if err == nil {
+		if rr, perr := osimage.ParseRelease(rel); perr != nil {
+			r.Problems = append(r.Problems, fmt.Sprintf("slot %s: %s: %v", s, ReleaseFile, perr))
+		} else {
+			rep.Version, rep.Spec = rr.Version, rr.SpecDigest
 		}
 	}
 	for _, f := range []string{"boot/vmlinuz", "boot/initrd.img"} {

@@ -17,7 +17,7 @@ import (
 )
 
 // ReleaseFile in the slot records what was built; inspect and the agent read it.
-const ReleaseFile = "usr/lib/debvisor/release"
+const ReleaseFile = osimage.ReleaseFile
 
 // overlay copies the cached rootfs to the work dir and turns it into a
 // DebVisor slot: templates, binaries, users, extra files, enabled units,
@@ -57,8 +57,8 @@ func (b *builder) overlay(ctx context.Context, rootfs string) error {
 			return err
 		}
 	}
-	release := fmt.Sprintf("VERSION=%s\nSPEC_DIGEST=%s\nSOURCE_DATE_EPOCH=%d\n", b.spec.Version, b.digest, b.epoch)
-	if err := writeFile(filepath.Join(b.tree, ReleaseFile), []byte(release), 0o644); err != nil {
+	release := osimage.Release{Version: b.spec.Version, SpecDigest: b.digest, SourceDateEpoch: b.epoch}.Marshal()
+	if err := writeFile(filepath.Join(b.tree, ReleaseFile), release, 0o644); err != nil {
 		return err
 	}
 	if err := writeFile(filepath.Join(b.tree, "etc/hostname"), []byte(b.spec.Hostname+"\n"), 0o644); err != nil {

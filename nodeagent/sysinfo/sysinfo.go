@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/debvisor/debvisor/osimage"
 )
 
 // Info is a snapshot of the node's identity.
@@ -69,22 +71,21 @@ func (r Reader) Read() Info {
 		in.Kernel = unix.ByteSliceToString(u.Release[:])
 	}
 	in.Arch = runtime.GOARCH
-	in.OSVersion = OSVersion(readFile(filepath.Join(root, "etc/os-release")))
+	in.OSVersion = OSVersion(readFile(filepath.Join(root, osimage.ReleaseFile)))
 	in.BootedSlot = BootedSlot(readFile(filepath.Join(root, "proc/cmdline")))
 	in.BootTime = bootTime(readFile(filepath.Join(root, "proc/stat")))
 	return in
 }
 
-// OSVersion returns DEBVISOR_VERSION from os-release content, "unknown" if absent.
-func OSVersion(osRelease string) string {
-	sc := bufio.NewScanner(strings.NewReader(osRelease))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
-		if ok && k == "DEBVISOR_VERSION" {
-			return strings.Trim(v, `"'`)
-		}
+// OSVersion returns the version from the slot's release file (written by
+// the image builder, osimage.ReleaseFile), "unknown" when the agent does
+// not run on a DebVisor image (a development machine) or the file is bad.
+func OSVersion(release string) string {
+	r, err := osimage.ParseRelease([]byte(release))
+	if err != nil {
+		return "unknown"
 	}
-	return "unknown"
+	return r.Version
 }
 
 // BootedSlot returns the value of the debvisor.slot= kernel parameter.
