@@ -34,6 +34,16 @@ type vmConfig struct {
 	// Accel for BIOS boots: "" picks KVM when imagebuilder.KVMForBIOS says
 	// it runs the BIOS path in hardware, else TCG; "kvm" or "tcg" force one.
 	Accel string
+	// CPU is QEMU's -cpu model; "" keeps QEMU's default.
+	CPU string
+	// Kernel, when set, makes QEMU load this kernel itself (-kernel, with
+	// Initrd as -initrd when set and Append as -append) through its
+	// linuxboot option ROM instead of the disk's bootloader; the firmware
+	// still runs first.
+	Kernel, Initrd, Append string
+	// DebugCon, when set, is a file receiving SeaBIOS's debug output
+	// (isa-debugcon on port 0x402).
+	DebugCon string
 }
 
 // firmwareArgs returns QEMU's machine, accelerator and firmware arguments
@@ -112,6 +122,18 @@ func startVM(t testing.TB, image string, cfg vmConfig, sshKey string) *vm {
 		"-serial", "file:"+v.serial,
 		"-display", "none", "-monitor", "none",
 	)
+	if cfg.CPU != "" {
+		args = append(args, "-cpu", cfg.CPU)
+	}
+	if cfg.Kernel != "" {
+		args = append(args, "-kernel", cfg.Kernel, "-append", cfg.Append)
+		if cfg.Initrd != "" {
+			args = append(args, "-initrd", cfg.Initrd)
+		}
+	}
+	if cfg.DebugCon != "" {
+		args = append(args, "-chardev", "file,id=debugcon,path="+cfg.DebugCon, "-device", "isa-debugcon,iobase=0x402,chardev=debugcon")
+	}
 	if cfg.Seed != "" {
 		args = append(args, "-drive", "file="+cfg.Seed+",if=virtio,format=raw,readonly=on")
 	}
