@@ -142,7 +142,7 @@ func (b *builder) assemble(ctx context.Context, rawPath string, slot slotInfo) (
 		return l, err
 	}
 	defer raw.Close()
-	if err := fixFAT32(raw, raw, l.part(osimage.PartESP).start); err != nil {
+	if err := fixFAT32(raw, l.part(osimage.PartESP).start); err != nil {
 		return l, fmt.Errorf("ESP: %w", err)
 	}
 	for _, w := range []struct {

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 )
 
 // go-diskfs v1.9.4 writes two things into a FAT32 filesystem that
@@ -16,11 +15,11 @@ import (
 //     after files were written.
 //
 // fixFAT32 repairs both in place on the filesystem that starts at byte off
-// of rw, so that independent tools accept the ESP. It changes nothing else
+// of disk, so that independent tools accept the ESP. It changes nothing else
 // and is deterministic, so reproducible builds stay bit-identical.
-func fixFAT32(rw io.ReaderAt, w io.WriterAt, off int64) error {
+func fixFAT32(disk diskIO, off int64) error {
 	bs := make([]byte, 512)
-	if _, err := rw.ReadAt(bs, off); err != nil {
+	if _, err := disk.ReadAt(bs, off); err != nil {
 		return fmt.Errorf("read FAT32 boot sector: %w", err)
 	}
 	g, err := parseFAT32Geometry(bs)
@@ -28,7 +27,7 @@ func fixFAT32(rw io.ReaderAt, w io.WriterAt, off int64) error {
 		return err
 	}
 	fat := make([]byte, int64(g.fatSectors)*int64(g.sectorSize))
-	if _, err := rw.ReadAt(fat, off+int64(g.reserved)*int64(g.sectorSize)); err != nil {
+	if _, err := disk.ReadAt(fat, off+int64(g.reserved)*int64(g.sectorSize)); err != nil {
 		return fmt.Errorf("read FAT: %w", err)
 	}
 	next := func(c uint32) uint32 { return binary.LittleEndian.Uint32(fat[4*c:]) & 0x0FFFFFFF }
@@ -42,7 +41,7 @@ func fixFAT32(rw io.ReaderAt, w io.WriterAt, off int64) error {
 	seen := map[uint32]bool{}
 	for c := g.rootCluster; c >= 2 && c < g.clusters+2 && !seen[c]; c = next(c) {
 		seen[c] = true
-		if _, err := rw.ReadAt(buf, clusterOff(c)); err != nil {
+		if _, err := disk.ReadAt(buf, clusterOff(c)); err != nil {
 			return fmt.Errorf("read root directory: %w", err)
 		}
 		for e := 0; e+32 <= len(buf); e += 32 {
@@ -60,7 +59,7 @@ func fixFAT32(rw io.ReaderAt, w io.WriterAt, off int64) error {
 			}
 			dotdot := make([]byte, 32)
 			at := clusterOff(sub) + 32
-			if _, err := rw.ReadAt(dotdot, at); err != nil {
+			if _, err := disk.ReadAt(dotdot, at); err != nil {
 				return fmt.Errorf("read %q: %w", string(ent[:11]), err)
 			}
 			if string(dotdot[:2]) != ".." {
@@ -72,7 +71,7 @@ func fixFAT32(rw io.ReaderAt, w io.WriterAt, off int64) error {
 			}
 			binary.LittleEndian.PutUint16(dotdot[20:], 0)
 			binary.LittleEndian.PutUint16(dotdot[26:], 0)
-			if _, err := w.WriteAt(dotdot, at); err != nil {
+			if _, err := disk.WriteAt(dotdot, at); err != nil {
 				return fmt.Errorf("write %q: %w", string(ent[:11]), err)
 			}
 		}
@@ -90,7 +89,7 @@ func fixFAT32(rw io.ReaderAt, w io.WriterAt, off int64) error {
 	}
 	info := make([]byte, 512)
 	infoOff := off + int64(g.fsInfoSector)*int64(g.sectorSize)
-	if _, err := rw.ReadAt(info, infoOff); err != nil {
+	if _, err := disk.ReadAt(info, infoOff); err != nil {
 		return fmt.Errorf("read FSInfo: %w", err)
 	}
 	if string(info[0:4]) != "RRaA" || string(info[484:488]) != "rrAa" {
@@ -98,7 +97,7 @@ func fixFAT32(rw io.ReaderAt, w io.WriterAt, off int64) error {
 	}
 	binary.LittleEndian.PutUint32(info[488:], free)
 	binary.LittleEndian.PutUint32(info[492:], first)
-	if _, err := w.WriteAt(info, infoOff); err != nil {
+	if _, err := disk.WriteAt(info, infoOff); err != nil {
 		return fmt.Errorf("write FSInfo: %w", err)
 	}
 	return nil

@@ -52,7 +52,7 @@ func TestFixFAT32(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := fixFAT32(f, f, 0); err != nil {
+	if err := fixFAT32(f, 0); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
@@ -61,7 +61,7 @@ func TestFixFAT32(t *testing.T) {
 	}
 	// Idempotent, and the files still read back.
 	f, _ = os.OpenFile(p, os.O_RDWR, 0)
-	if err := fixFAT32(f, f, 0); err != nil {
+	if err := fixFAT32(f, 0); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
@@ -105,7 +105,7 @@ func TestFixFAT32Refuses(t *testing.T) {
 			}
 			f, _ := os.OpenFile(p, os.O_RDWR, 0)
 			defer f.Close()
-			err := fixFAT32(f, f, 0)
+			err := fixFAT32(f, 0)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("got %v, want an error containing %q", err, tt.want)
 			}

@@ -203,13 +203,13 @@ func (r *Report) inspectSlot(b backend.Storage, s osimage.Slot, p *gpt.Partition
 		return
 	}
 	rep := SlotReport{Files: n}
-	rel, err := readFile(fs, ReleaseFile)
+	rel, err := readFile(fs, osimage.ReleaseFile)
 	if err != nil {
-		r.Problems = append(r.Problems, fmt.Sprintf("slot %s: no %s: %v", s, ReleaseFile, err))
+		r.Problems = append(r.Problems, fmt.Sprintf("slot %s: no %s: %v", s, osimage.ReleaseFile, err))
 	}
 	if err == nil {
 		if rr, perr := osimage.ParseRelease(rel); perr != nil {
-			r.Problems = append(r.Problems, fmt.Sprintf("slot %s: %s: %v", s, ReleaseFile, perr))
+			r.Problems = append(r.Problems, fmt.Sprintf("slot %s: %s: %v", s, osimage.ReleaseFile, perr))
 		} else {
 			rep.Version, rep.Spec = rr.Version, rr.SpecDigest
 		}

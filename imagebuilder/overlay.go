@@ -16,9 +16,6 @@ import (
 	"github.com/debvisor/debvisor/templates"
 )
 
-// ReleaseFile in the slot records what was built; inspect and the agent read it.
-const ReleaseFile = osimage.ReleaseFile
-
 // overlay copies the cached rootfs to the work dir and turns it into a
 // DebVisor slot: templates, binaries, users, extra files, enabled units,
 // and no per-machine identity (host keys, machine-id).
@@ -58,7 +55,7 @@ func (b *builder) overlay(ctx context.Context, rootfs string) error {
 		}
 	}
 	release := osimage.Release{Version: b.spec.Version, SpecDigest: b.digest, SourceDateEpoch: b.epoch}.Marshal()
-	if err := writeFile(filepath.Join(b.tree, ReleaseFile), release, 0o644); err != nil {
+	if err := writeFile(filepath.Join(b.tree, osimage.ReleaseFile), release, 0o644); err != nil {
 		return err
 	}
 	if err := writeFile(filepath.Join(b.tree, "etc/hostname"), []byte(b.spec.Hostname+"\n"), 0o644); err != nil {
