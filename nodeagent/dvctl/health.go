@@ -1,10 +1,12 @@
 package dvctl
 
 import (
+	"context"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/debvisor/debvisor/api/client"
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
 )
 
@@ -20,25 +22,9 @@ func newHealthCmd(g *globals) *cobra.Command {
 		Example: `  dvctl health check
   dvctl health check state-dir-writable --no-wait -o json`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f, err := g.format()
-			if err != nil {
-				return err
-			}
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := g.callCtx(cmd.Context())
-			defer cancel()
-			op, err := c.Node.CheckHealth(ctx, &v1.CheckHealthRequest{Checks: args})
-			if err != nil {
-				return err
-			}
-			if noWait {
-				return printOperation(g, f, op)
-			}
-			return g.waitAndPrint(cmd, c, op, f, 5*time.Minute)
+			return g.mutateFor(cmd, noWait, 5*time.Minute, func(ctx context.Context, c *client.Client) (*v1.Operation, error) {
+				return c.Node.CheckHealth(ctx, &v1.CheckHealthRequest{Checks: args})
+			})
 		},
 	}
 	check.Flags().BoolVar(&noWait, "no-wait", false, "return the operation id at once")

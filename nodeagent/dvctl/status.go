@@ -1,6 +1,7 @@
 package dvctl
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/debvisor/debvisor/api/client"
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
 )
 
@@ -19,22 +21,9 @@ func newStatusCmd(g *globals) *cobra.Command {
   dvctl status -o json | jq .health.status`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, err := g.format()
-			if err != nil {
-				return err
-			}
-			c, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			ctx, cancel := g.callCtx(cmd.Context())
-			defer cancel()
-			n, err := c.Node.GetNode(ctx, &v1.GetNodeRequest{})
-			if err != nil {
-				return err
-			}
-			return printProto(g.stdout, f, n, func(w *tabwriter.Writer) { nodeTable(w, n) })
+			return read(g, cmd, func(ctx context.Context, c *client.Client) (*v1.Node, error) {
+				return c.Node.GetNode(ctx, &v1.GetNodeRequest{})
+			}, nodeTable)
 		},
 	}
 }

@@ -23,8 +23,13 @@ import (
 )
 
 // mutate starts an operation with call and, unless noWait, follows it to
-// its end like `dvctl operation wait`.
+// its end like `dvctl operation wait` (for up to 30 minutes).
 func (g *globals) mutate(cmd *cobra.Command, noWait bool, call func(context.Context, *client.Client) (*v1.Operation, error)) error {
+	return g.mutateFor(cmd, noWait, 30*time.Minute, call)
+}
+
+// mutateFor is mutate with the wait bounded by waitFor.
+func (g *globals) mutateFor(cmd *cobra.Command, noWait bool, waitFor time.Duration, call func(context.Context, *client.Client) (*v1.Operation, error)) error {
 	f, err := g.format()
 	if err != nil {
 		return err
@@ -43,10 +48,7 @@ func (g *globals) mutate(cmd *cobra.Command, noWait bool, call func(context.Cont
 	if noWait {
 		return printOperation(g, f, op)
 	}
-	if err := g.waitAndPrint(cmd, c, op, f, 30*time.Minute); err != nil {
-		return err
-	}
-	return nil
+	return g.waitAndPrint(cmd, c, op, f, waitFor)
 }
 
 // read runs a unary read and prints its result.
