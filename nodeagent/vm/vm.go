@@ -393,11 +393,10 @@ func (m *Manager) Update(ctx context.Context, name string, spec *v1.VMSpec) (Upd
 	if err != nil {
 		return res, err
 	}
-	st, _, err := lv.DomainGetState(dom, 0)
+	running, err := domainActive(lv, dom)
 	if err != nil {
-		return res, libvirtconn.Status(err, "VM %q state", name)
+		return res, err
 	}
-	running := isActive(states[libvirt.DomainState(st)])
 	if running {
 		live, err := domainXML(lv, dom, 0)
 		if err != nil {
@@ -602,11 +601,7 @@ func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration, 
 
 func (m *Manager) stop(ctx context.Context, lv *libvirt.Libvirt, dom libvirt.Domain, timeout time.Duration, force bool) error {
 	running := func() (bool, error) {
-		st, _, err := lv.DomainGetState(dom, 0)
-		if err != nil {
-			return false, libvirtconn.Status(err, "VM %q state", dom.Name)
-		}
-		return isActive(states[libvirt.DomainState(st)]), nil
+		return domainActive(lv, dom)
 	}
 	up, err := running()
 	if err != nil || !up {
@@ -656,11 +651,11 @@ func (m *Manager) Reboot(ctx context.Context, name string, force bool) error {
 	if err != nil {
 		return err
 	}
-	st, _, err := lv.DomainGetState(dom, 0)
+	active, err := domainActive(lv, dom)
 	if err != nil {
-		return libvirtconn.Status(err, "VM %q state", name)
+		return err
 	}
-	if !isActive(states[libvirt.DomainState(st)]) {
+	if !active {
 		return status.Errorf(codes.FailedPrecondition, "VM %q is not running; start it instead", name)
 	}
 	if force {
@@ -711,11 +706,11 @@ func (m *Manager) Console(ctx context.Context, name string, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	st, _, err := lv.DomainGetState(dom, 0)
+	active, err := domainActive(lv, dom)
 	if err != nil {
-		return libvirtconn.Status(err, "VM %q state", name)
+		return err
 	}
-	if !isActive(states[libvirt.DomainState(st)]) {
+	if !active {
 		return status.Errorf(codes.FailedPrecondition, "VM %q is not running: its console has no output", name)
 	}
 	own, err := m.conn.Dedicated(ctx)
@@ -769,11 +764,11 @@ func (m *Manager) Addresses(ctx context.Context, name string, wait time.Duration
 	deadline := time.Now().Add(wait)
 	lastErr := map[v1.VMAddress_Source]string{}
 	for {
-		st, _, err := lv.DomainGetState(dom, 0)
+		active, err := domainActive(lv, dom)
 		if err != nil {
-			return nil, libvirtconn.Status(err, "VM %q state", name)
+			return nil, err
 		}
-		if !isActive(states[libvirt.DomainState(st)]) {
+		if !active {
 			return nil, status.Errorf(codes.FailedPrecondition, "VM %q is not running: it has no addresses", name)
 		}
 		var out []*v1.VMAddress
@@ -816,4 +811,14 @@ func (m *Manager) Addresses(ctx context.Context, name string, wait time.Duration
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// domainActive reports whether the domain is running or paused (has a
+// QEMU process), as libvirt sees it now.
+func domainActive(lv *libvirt.Libvirt, dom libvirt.Domain) (bool, error) {
+	st, _, err := lv.DomainGetState(dom, 0)
+	if err != nil {
+		return false, libvirtconn.Status(err, "VM %q state", dom.Name)
+	}
+	return isActive(states[libvirt.DomainState(st)]), nil
 }
