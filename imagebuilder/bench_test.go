@@ -180,7 +180,7 @@ func BenchmarkImageBootToAgentKVMDirectKernel(b *testing.B) {
 	kernel, initrd, cmdline := slotADirectBoot(b, img)
 	b.Logf("kernel %s, initrd %s, -append %q", kernel, initrd, cmdline)
 	cpu := "host"
-	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
+	if imagebuilder.KVMIsPVM() {
 		// PVM refuses IA32_ARCH_CAPABILITIES (MSR 0x10a) and QEMU aborts
 		// with "failed to set MSR 0x10a" under a plain -cpu host.
 		cpu = "host,-arch-capabilities"

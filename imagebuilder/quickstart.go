@@ -76,17 +76,11 @@ func KVMForBIOS() (bool, string) {
 		return false, fmt.Sprintf("/dev/kvm: %v", err)
 	}
 	f.Close()
-	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
+	if KVMIsPVM() {
 		return false, "KVM is PVM (kvm_pvm), which emulates the real-mode and unpaged code of the BIOS boot path instruction by instruction"
 	}
 	return true, ""
 }
-
-// ovmf* are Debian's ovmf package files.
-const (
-	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-)
 
 // Quickstart boots the image in QEMU (SeaBIOS under KVM when KVM runs the
 // BIOS path in hardware, else UEFI via OVMF under TCG; see QuickstartConfig.Firmware;
@@ -170,21 +164,12 @@ func Quickstart(ctx context.Context, c QuickstartConfig) error {
 	}
 	serial := filepath.Join(dir, "console.log")
 	pidfile := filepath.Join(dir, "qemu.pid")
-	args := []string{"-daemonize", "-pidfile", pidfile, "-name", "debvisor-quickstart",
-		"-machine", "q35", "-accel", accel, "-m", "2048", "-smp", "2"}
-	if fw == FirmwareUEFI {
-		vars := filepath.Join(dir, "OVMF_VARS.fd")
-		vb, err := os.ReadFile(ovmfVars)
-		if err != nil {
-			return fmt.Errorf("OVMF (Debian package ovmf): %w", err)
-		}
-		if err := os.WriteFile(vars, vb, 0o600); err != nil {
-			return err
-		}
-		args = append(args, "-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode, "-drive", "if=pflash,format=raw,file="+vars)
+	machine, err := QEMUMachineArgs(dir, fw, accel)
+	if err != nil {
+		return err
 	}
-	// Without pflash QEMU runs its bundled SeaBIOS, which boots the image
-	// through boot.img in the MBR and core.img in the BIOS boot partition.
+	args := append([]string{"-daemonize", "-pidfile", pidfile, "-name", "debvisor-quickstart",
+		"-m", "2048", "-smp", "2"}, machine...)
 	args = append(args,
 		"-drive", "file="+disk+",if=virtio,format=qcow2",
 		"-drive", "file="+seed+",if=virtio,format=raw,readonly=on",

@@ -14,14 +14,6 @@ import (
 	"github.com/debvisor/debvisor/imagebuilder"
 )
 
-// OVMF firmware from Debian's ovmf package. OVMF does not run under KVM on
-// the CI machines (DESIGN.md), so UEFI boots use TCG; BIOS boots use
-// QEMU's bundled SeaBIOS (see firmwareArgs for their accelerator).
-const (
-	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-)
-
 type vmConfig struct {
 	// DiskSize is the virtual disk size; larger than the image so firstboot
 	// has something to grow into.
@@ -54,22 +46,7 @@ func firmwareArgs(t testing.TB, dir string, cfg vmConfig) ([]string, string) {
 	t.Helper()
 	switch cfg.Firmware {
 	case "", "uefi":
-		for _, f := range []string{ovmfCode, ovmfVars} {
-			if _, err := os.Stat(f); err != nil {
-				t.Fatalf("OVMF firmware missing (install ovmf): %v", err)
-			}
-		}
-		vars := filepath.Join(dir, "vars.fd")
-		b, err := os.ReadFile(ovmfVars)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(vars, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return []string{"-machine", "q35", "-accel", "tcg",
-			"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
-			"-drive", "if=pflash,format=raw,file=" + vars}, "tcg"
+		return machineArgs(t, dir, imagebuilder.FirmwareUEFI, "tcg"), "tcg"
 	case "bios":
 		// No -bios and no pflash: QEMU loads its bundled SeaBIOS.
 		kvm, why := imagebuilder.KVMForBIOS()
@@ -81,14 +58,14 @@ func firmwareArgs(t testing.TB, dir string, cfg vmConfig) ([]string, string) {
 			if !kvm {
 				t.Logf("KVM forced although %s", why)
 			}
-			return []string{"-machine", "q35", "-accel", "kvm"}, "kvm"
+			return machineArgs(t, dir, imagebuilder.FirmwareBIOS, "kvm"), "kvm"
 		case cfg.Accel == "" && kvm:
-			return []string{"-machine", "q35", "-accel", "kvm"}, "kvm"
+			return machineArgs(t, dir, imagebuilder.FirmwareBIOS, "kvm"), "kvm"
 		case cfg.Accel == "" || cfg.Accel == "tcg":
 			if cfg.Accel == "" {
 				t.Logf("BIOS boot under TCG: %s", why)
 			}
-			return []string{"-machine", "q35", "-accel", "tcg"}, "tcg"
+			return machineArgs(t, dir, imagebuilder.FirmwareBIOS, "tcg"), "tcg"
 		}
 		t.Fatalf("unknown accelerator %q", cfg.Accel)
 	}
@@ -243,4 +220,14 @@ func (v *vm) waitSSH(d time.Duration) {
 		}
 		time.Sleep(3 * time.Second)
 	}
+}
+
+// machineArgs is imagebuilder.QEMUMachineArgs, failing the test on error.
+func machineArgs(t testing.TB, dir, firmware, accel string) []string {
+	t.Helper()
+	args, err := imagebuilder.QEMUMachineArgs(dir, firmware, accel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return args
 }
