@@ -1,22 +1,19 @@
 package provider
 
 import (
-	"regexp"
 	"strings"
 
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/api/rules"
 )
 
-// nameRE is the agent's rule for pool, volume and VM names (they become file and libvirt object
-// names); checking it here turns an apply-time INVALID_ARGUMENT into a plan-time error.
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
+// nameValidators check the agent's rule for pool, volume and VM names (rules.NamePattern);
+// checking it here turns an apply-time INVALID_ARGUMENT into a plan-time error.
 func nameValidators() []validator.String {
-	return []validator.String{stringvalidator.RegexMatches(nameRE,
-		"must be 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")}
+	return []validator.String{stringvalidator.RegexMatches(rules.NameRE(), "must be "+rules.NameRule)}
 }
 
 // enumNames maps between the API's enum values and the lower-case words the schema uses

@@ -7,7 +7,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/debvisor/debvisor/nodeagent/dvctl"
+	"github.com/debvisor/debvisor/dvctl"
 )
 
 func main() {

@@ -1,6 +1,7 @@
-// Package archtest guards the dependency rules of DESIGN.md: the provider
-// talks to agents only through the API, and the image builder and the node
-// agent share only osimage/.
+// Package archtest is the one guard of the dependency rules in
+// docs/architecture.md ("Packages and dependency rules"): each boundary is
+// one rule, checked against the transitive non-test imports that `go list`
+// reports, so a rule cannot be dodged through an intermediate package.
 package archtest
 
 import (
@@ -48,22 +49,55 @@ func listDeps(t *testing.T, patterns ...string) []pkg {
 	return pkgs
 }
 
+// only allows the project packages under the given prefixes (relative to
+// the module path; a prefix ending in "/" matches a tree, otherwise the
+// package itself and its sub-packages).
+func only(prefixes ...string) func(string) bool {
+	return func(dep string) bool {
+		rel := strings.TrimPrefix(dep, mod)
+		for _, p := range prefixes {
+			if rel == strings.TrimSuffix(p, "/") || strings.HasPrefix(rel, strings.TrimSuffix(p, "/")+"/") {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// Leaf utilities under internal/ that any layer may use. The test harness
+// (testenv/) is deliberately not among them: it imports the agent.
+var leaves = []string{"internal/buildinfo", "internal/yamlstrict", "internal/pki"}
+
 func TestDependencyRules(t *testing.T) {
 	rules := []struct {
 		from    string
 		allowed func(dep string) bool
 		why     string
 	}{
-		{"./provider/...", func(d string) bool {
-			return strings.HasPrefix(d, mod+"api/") || strings.HasPrefix(d, mod+"internal/buildinfo")
-		}, "the provider may import only api/ (and the client under it), never agent internals"},
-		{"./cmd/terraform-provider-debvisor", func(d string) bool {
-			return strings.HasPrefix(d, mod+"api/") || strings.HasPrefix(d, mod+"provider") || strings.HasPrefix(d, mod+"internal/buildinfo")
-		}, "the provider binary must not link agent or builder code"},
-		{"./imagebuilder/...", func(d string) bool { return !strings.HasPrefix(d, mod+"nodeagent") }, "imagebuilder and nodeagent share only osimage/"},
-		{"./nodeagent/...", func(d string) bool { return !strings.HasPrefix(d, mod+"imagebuilder") }, "nodeagent and imagebuilder share only osimage/"},
-		{"./api/...", func(d string) bool { return strings.HasPrefix(d, mod+"api/") }, "api/ is the bottom layer"},
-		{"./osimage/...", func(d string) bool { return strings.HasPrefix(d, mod+"osimage") }, "osimage/ is a contract package with no project imports"},
+		{"./api/rules", only("api/rules"),
+			"the API rules package is a leaf: it imports nothing of the project"},
+		{"./api/...", only("api/"),
+			"api/ is the bottom layer: generated code, the client and the rules"},
+		{"./osimage/...", only("osimage", "api/rules"),
+			"osimage and its sub-packages (artifact, signature, registry) hold the contracts the builder writes and the agent reads; they import only each other and the API rules"},
+		{"./boot/...", only("boot", "osimage", "api/rules", "templates"),
+			"the boot packages are shared by the builder, the agent and the installers: contracts below them only"},
+		{"./internal/...", only("internal", "api/", "osimage"),
+			"internal/ holds leaf utilities; nothing there may reach up into the agent, the builder or the clients"},
+		{"./provider/...", only("provider", "api/", "internal/buildinfo"),
+			"the provider talks to agents only through api/ (and its client), never agent internals"},
+		{"./cmd/terraform-provider-debvisor", only("provider", "api/", "internal/buildinfo"),
+			"the provider binary must not link agent or builder code"},
+		{"./dvctl/...", only(append([]string{"dvctl", "api/", "boot", "osimage"}, leaves...)...),
+			"dvctl is a client: the API, its client, PKI, and the boot packages for the emergency mode; never agent internals"},
+		{"./cmd/dvctl", only(append([]string{"dvctl", "api/", "boot", "osimage"}, leaves...)...),
+			"the dvctl binary must not link the agent"},
+		{"./imagebuilder/...", only(append([]string{"imagebuilder", "osimage", "boot", "api/rules", "templates", "internal/qemu"}, leaves...)...),
+			"the image builder shares only osimage/ and the boot packages with the agent"},
+		{"./nodeagent/...", only(append([]string{"nodeagent", "osimage", "boot", "api/", "templates"}, leaves...)...),
+			"the agent shares only osimage/ and the boot packages with the image builder"},
+		{"./templates/...", only("templates"),
+			"templates are embedded files"},
 	}
 	for _, r := range rules {
 		t.Run(r.from, func(t *testing.T) {
@@ -75,5 +109,51 @@ func TestDependencyRules(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// testHelpers are packages that exist for tests: testenv/ starts real
+// agents and libvirtd; osimage's artifacttest and registrytest write
+// synthetic releases and start docker-registry.
+var testHelpers = []string{"testenv", "osimage/artifact/artifacttest", "osimage/registry/registrytest"}
+
+func isTestHelper(path string) bool {
+	for _, h := range testHelpers {
+		if path == mod+h || strings.HasPrefix(path, mod+h+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestHarnessOnlyInTests: no shipped package may link a test helper.
+func TestHarnessOnlyInTests(t *testing.T) {
+	for _, p := range listDeps(t, "./...") {
+		if isTestHelper(p.ImportPath) {
+			continue
+		}
+		for _, d := range p.Deps {
+			if isTestHelper(d) {
+				t.Errorf("%s imports the test helper %s", p.ImportPath, d)
+			}
+		}
+	}
+}
+
+// TestRulesAreNotVacuous: every rule's pattern must match packages that
+// import something of the project, or a typo in a pattern would pass.
+func TestRulesAreNotVacuous(t *testing.T) {
+	for _, pattern := range []string{"./provider/...", "./dvctl/...", "./imagebuilder/...", "./nodeagent/..."} {
+		n := 0
+		for _, p := range listDeps(t, pattern) {
+			for _, d := range p.Deps {
+				if strings.HasPrefix(d, mod) {
+					n++
+				}
+			}
+		}
+		if n == 0 {
+			t.Errorf("%s imports nothing of the project: the rule checks nothing", pattern)
+		}
 	}
 }
