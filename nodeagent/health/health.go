@@ -146,6 +146,21 @@ func (r *Registry) RunAll(ctx context.Context) *v1.HealthSummary {
 	return r.Record(results)
 }
 
+// Loop runs every check each interval until ctx ends. It never fails: a
+// failing check is a result, not an error of the loop.
+func (r *Registry) Loop(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		r.RunAll(ctx)
+	}
+}
+
 // Summary returns the last recorded summary.
 func (r *Registry) Summary() *v1.HealthSummary {
 	r.mu.Lock()

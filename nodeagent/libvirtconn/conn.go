@@ -1,7 +1,15 @@
-// Package libvirtconn owns the agent's connection to libvirtd: dialing its
-// RPC socket, reconnecting after libvirtd restarts, dedicated connections
-// for long-lived streams (consoles), and turning libvirt errors into gRPC
-// statuses.
+// Package libvirtconn owns the agent's connections to libvirtd: dialing its
+// RPC socket, reconnecting after libvirtd restarts, separate connections for
+// reads and for mutations, a deadline on every call, dedicated connections
+// for long-lived streams (consoles), and classifying libvirt errors.
+//
+// Why two connections: libvirtd serves at most max_client_requests (5 by
+// default) calls of one client connection at a time and stops reading that
+// socket meanwhile. With one shared connection, five slow domain starts
+// (seconds each on a loaded host) held every slot, and a GetVM of an
+// unrelated VM queued behind all the starts still waiting (30-60 s with 50
+// VMs starting). Reads now have their own connection, so they only ever
+// wait for other reads.
 package libvirtconn
 
 import (
@@ -14,14 +22,22 @@ import (
 
 	"github.com/digitalocean/go-libvirt"
 	"github.com/digitalocean/go-libvirt/socket/dialers"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+
+	"github.com/debvisor/debvisor/nodeagent/fault"
 )
 
 // DefaultSocket is libvirtd's read-write socket for qemu:///system.
 const DefaultSocket = "/var/run/libvirt/libvirt-sock"
 
-// Config says where libvirtd is.
+// Defaults for Config.
+const (
+	DefaultDialTimeout  = 5 * time.Second
+	DefaultReadTimeout  = 10 * time.Second
+	DefaultWriteTimeout = 2 * time.Minute
+	DefaultSlots        = 5
+)
+
+// Config says where libvirtd is and how long its calls may take.
 type Config struct {
 	// Socket is the path of libvirtd's unix socket.
 	Socket string
@@ -29,13 +45,41 @@ type Config struct {
 	URI string
 	// DialTimeout bounds each connection attempt (5 s when 0).
 	DialTimeout time.Duration
+	// ReadTimeout bounds each call on the read connection (10 s when 0).
+	ReadTimeout time.Duration
+	// WriteTimeout bounds each call on the write connection (2 min when 0):
+	// a domain start on a loaded host takes seconds, not minutes. Copies
+	// and streams (volume upload, clone) are bounded by their context only.
+	WriteTimeout time.Duration
+	// Slots is how many calls the agent has in flight on one connection
+	// (5 when 0): libvirtd's max_client_requests, whose default is 5. More
+	// would only queue inside libvirtd, where a call's deadline would also
+	// count the time spent behind others. Calls beyond it wait for a slot:
+	// reads within ReadTimeout, mutations for as long as their context
+	// allows (the operation queue's order). A call whose caller gave up
+	// keeps its slot until libvirtd answers, as libvirtd counts it too.
+	Slots int
 }
 
-// Conn is a shared, self-healing connection to libvirtd. It is safe for
-// concurrent use: go-libvirt multiplexes calls over one socket.
+// Conn is the agent's self-healing pair of connections to libvirtd (one
+// for reads, one for mutations). It is safe for concurrent use: go-libvirt
+// multiplexes calls over each socket.
 type Conn struct {
-	cfg Config
-	log *slog.Logger
+	cfg   Config
+	log   *slog.Logger
+	read  *lane
+	write *lane
+}
+
+// lane is one connection and the calls in flight on it.
+type lane struct {
+	name    string
+	timeout time.Duration
+	// boundedQueue: the wait for a slot counts against timeout (reads);
+	// otherwise only the context bounds it (mutations queue in order).
+	boundedQueue bool
+	// slots holds a token per call in flight.
+	slots chan struct{}
 
 	mu sync.Mutex
 	lv *libvirt.Libvirt
@@ -48,33 +92,62 @@ func New(cfg Config, log *slog.Logger) *Conn {
 		cfg.URI = string(libvirt.QEMUSystem)
 	}
 	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = 5 * time.Second
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.Slots == 0 {
+		cfg.Slots = DefaultSlots
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Conn{cfg: cfg, log: log}
+	return &Conn{
+		cfg:   cfg,
+		log:   log,
+		read:  &lane{name: "read", timeout: cfg.ReadTimeout, boundedQueue: true, slots: make(chan struct{}, cfg.Slots)},
+		write: &lane{name: "write", timeout: cfg.WriteTimeout, slots: make(chan struct{}, cfg.Slots)},
+	}
 }
 
-// Client returns a connected client, reconnecting when the previous
-// connection was lost.
-func (c *Conn) Client(ctx context.Context) (*libvirt.Libvirt, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.lv != nil && c.lv.IsConnected() {
-		return c.lv, nil
+// Reader returns a client on the read connection, bound to ctx: lookups,
+// states, XML and listings. It never waits behind a mutation's calls.
+func (c *Conn) Reader(ctx context.Context) (*Client, error) { return c.client(ctx, c.read) }
+
+// Client returns a client on the write connection, bound to ctx, for
+// mutations and the reads that decide them.
+func (c *Conn) Client(ctx context.Context) (*Client, error) { return c.client(ctx, c.write) }
+
+func (c *Conn) client(ctx context.Context, l *lane) (*Client, error) {
+	lv, err := c.connected(ctx, l)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{lv: lv, ctx: ctx, lane: l}, nil
+}
+
+// connected returns the lane's connection, reconnecting when it was lost.
+func (c *Conn) connected(ctx context.Context, l *lane) (*libvirt.Libvirt, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lv != nil && l.lv.IsConnected() {
+		return l.lv, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, fault.Wrap(err, "connect to libvirtd")
 	}
 	lv, err := c.dial()
 	if err != nil {
 		return nil, err
 	}
-	if c.lv != nil {
-		c.log.Info("reconnected to libvirtd", "socket", c.cfg.Socket)
+	if l.lv != nil {
+		c.log.Info("reconnected to libvirtd", "socket", c.cfg.Socket, "connection", l.name)
 	}
-	c.lv = lv
+	l.lv = lv
 	return lv, nil
 }
 
@@ -88,21 +161,23 @@ func (c *Conn) dial() (*libvirt.Libvirt, error) {
 	lv := libvirt.NewWithDialer(dialers.NewLocal(
 		dialers.WithSocket(c.cfg.Socket), dialers.WithLocalTimeout(c.cfg.DialTimeout)))
 	if err := lv.ConnectToURI(libvirt.ConnectURI(c.cfg.URI)); err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "libvirt not available: connect %s via %s: %v", c.cfg.URI, c.cfg.Socket, err)
+		return nil, fault.Errorf(fault.FailedPrecondition, "libvirt not available: connect %s via %s: %v", c.cfg.URI, c.cfg.Socket, err)
 	}
 	return lv, nil
 }
 
-// Close disconnects.
+// Close disconnects both connections.
 func (c *Conn) Close() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.lv == nil || !c.lv.IsConnected() {
-		return nil
+	var errs []error
+	for _, l := range []*lane{c.read, c.write} {
+		l.mu.Lock()
+		if l.lv != nil && l.lv.IsConnected() {
+			errs = append(errs, l.lv.Disconnect())
+		}
+		l.lv = nil
+		l.mu.Unlock()
 	}
-	err := c.lv.Disconnect()
-	c.lv = nil
-	return err
+	return errors.Join(errs...)
 }
 
 // Code returns libvirt's error number for err, or -1 when err is not a
@@ -127,31 +202,45 @@ func NotFound(err error) bool {
 	return false
 }
 
-// Status turns err into a gRPC status with what was being done in front;
-// errors that already are statuses keep their code.
+// Status classifies a libvirt error by its error number (fault kinds) with
+// what was being done in front; errors that already have a kind keep it.
 func Status(err error, format string, args ...any) error {
 	if err == nil {
 		return nil
 	}
 	what := fmt.Sprintf(format, args...)
-	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-		return status.Errorf(st.Code(), "%s: %s", what, st.Message())
+	var fe *fault.Error
+	if errors.As(err, &fe) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fault.Wrap(err, "%s", what)
 	}
-	code := codes.Internal
+	kind := fault.Internal
 	switch Code(err) {
+	case -1:
+		// Not an error libvirtd sent: the connection broke (libvirtd
+		// restarted or went away) while the call was in flight.
+		kind = fault.Unavailable
 	case libvirt.ErrNoDomain, libvirt.ErrNoStoragePool, libvirt.ErrNoStorageVol:
-		code = codes.NotFound
+		kind = fault.NotFound
 	case libvirt.ErrOperationInvalid, libvirt.ErrOperationFailed:
-		code = codes.FailedPrecondition
+		kind = fault.FailedPrecondition
 	case libvirt.ErrXMLError, libvirt.ErrInvalidArg, libvirt.ErrConfigUnsupported, libvirt.ErrXMLDetail:
-		code = codes.InvalidArgument
+		kind = fault.Invalid
 	case libvirt.ErrDomExist, libvirt.ErrStorageVolExist, libvirt.ErrStoragePoolBuilt:
-		code = codes.AlreadyExists
+		kind = fault.AlreadyExists
 	case libvirt.ErrOperationTimeout, libvirt.ErrAgentUnresponsive:
-		code = codes.DeadlineExceeded
+		kind = fault.DeadlineExceeded
 	}
-	if errors.Is(err, context.Canceled) {
-		code = codes.Canceled
+	return fault.Errorf(kind, "%s: %w", what, err)
+}
+
+// Ping fails unless libvirtd answers a cheap call on the read connection.
+func (c *Conn) Ping(ctx context.Context) error {
+	lv, err := c.Reader(ctx)
+	if err != nil {
+		return err
 	}
-	return status.Errorf(code, "%s: %v", what, err)
+	if _, err := lv.ConnectGetLibVersion(); err != nil {
+		return Status(err, "libvirtd does not answer")
+	}
+	return nil
 }

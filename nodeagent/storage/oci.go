@@ -7,10 +7,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/nodeagent/fault"
 )
 
 // CreateFromOCI creates a volume holding the single layer of an OCI
@@ -28,22 +27,22 @@ func (m *Manager) CreateFromOCI(ctx context.Context, spec *v1.Volume, ref string
 	}
 	img, err := remote.Image(r, remote.WithContext(ctx))
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "oci_reference: fetch %s: %v", ref, err)
+		return nil, fault.Errorf(fault.FailedPrecondition, "oci_reference: fetch %s: %v", ref, err)
 	}
 	layers, err := img.Layers()
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "oci_reference: layers of %s: %v", ref, err)
+		return nil, fault.Errorf(fault.FailedPrecondition, "oci_reference: layers of %s: %v", ref, err)
 	}
 	if len(layers) != 1 {
 		return nil, Invalid("oci_reference", "%s has %d layers; a volume artifact has exactly one (the disk image)", ref, len(layers))
 	}
 	size, err := layers[0].Size()
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "oci_reference: layer size: %v", err)
+		return nil, fault.Errorf(fault.FailedPrecondition, "oci_reference: layer size: %v", err)
 	}
 	rc, err := layers[0].Compressed()
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "oci_reference: open layer: %v", err)
+		return nil, fault.Errorf(fault.FailedPrecondition, "oci_reference: open layer: %v", err)
 	}
 	defer rc.Close()
 	var src io.Reader = rc

@@ -9,17 +9,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"os"
 	"slices"
 	"sort"
 	"strings"
 
 	"github.com/digitalocean/go-libvirt"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/nodeagent/fault"
 	"github.com/debvisor/debvisor/nodeagent/libvirtconn"
 )
 
@@ -27,16 +28,28 @@ import (
 // serialise them: callers run mutations in the operation queue with the
 // lock keys PoolLock and VolumeLock return.
 type Manager struct {
-	conn *libvirtconn.Conn
-	log  *slog.Logger
+	conn   *libvirtconn.Conn
+	policy Policy
+	owned  *ownership
+	log    *slog.Logger
+}
+
+// Config is what the storage manager is allowed to touch and where it
+// keeps its records.
+type Config struct {
+	// Policy confines pool paths and devices.
+	Policy Policy
+	// StateDir holds the record of the pools (and their storage) the agent
+	// created; delete_storage and delete_volumes act only on those.
+	StateDir string
 }
 
 // New returns a Manager using conn.
-func New(conn *libvirtconn.Conn, log *slog.Logger) *Manager {
+func New(conn *libvirtconn.Conn, cfg Config, log *slog.Logger) *Manager {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{conn: conn, log: log}
+	return &Manager{conn: conn, policy: cfg.Policy, owned: newOwnership(cfg.StateDir), log: log}
 }
 
 // PoolLock is the operation-queue key of a pool.
@@ -46,11 +59,11 @@ func PoolLock(pool string) string { return "pool/" + pool }
 func VolumeLock(pool, name string) string { return "volume/" + pool + "/" + name }
 
 func notFound(format string, args ...any) error {
-	return status.Errorf(codes.NotFound, format, args...)
+	return fault.Errorf(fault.NotFound, format, args...)
 }
 
 // lookupPool returns the pool, NotFound when it does not exist.
-func lookupPool(lv *libvirt.Libvirt, name string) (libvirt.StoragePool, error) {
+func lookupPool(lv *libvirtconn.Client, name string) (libvirt.StoragePool, error) {
 	p, err := lv.StoragePoolLookupByName(name)
 	if libvirtconn.NotFound(err) {
 		return p, notFound("pool %q not found", name)
@@ -61,8 +74,10 @@ func lookupPool(lv *libvirt.Libvirt, name string) (libvirt.StoragePool, error) {
 	return p, nil
 }
 
-// activePool returns a running pool, refusing an inactive one.
-func activePool(lv *libvirt.Libvirt, name string) (libvirt.StoragePool, string, error) {
+// activePool returns a running pool, refusing an inactive one and one whose
+// directory lies outside the permitted pool roots (a pool defined behind
+// the agent's back): the agent serves no volume outside them.
+func (m *Manager) activePool(lv *libvirtconn.Client, name string) (libvirt.StoragePool, string, error) {
 	p, err := lookupPool(lv, name)
 	if err != nil {
 		return p, "", err
@@ -72,7 +87,7 @@ func activePool(lv *libvirt.Libvirt, name string) (libvirt.StoragePool, string, 
 		return p, "", libvirtconn.Status(err, "pool %q info", name)
 	}
 	if libvirt.StoragePoolState(state) != libvirt.StoragePoolRunning {
-		return p, "", status.Errorf(codes.FailedPrecondition, "pool %q is not running (state %s)", name, poolState(state))
+		return p, "", fault.Errorf(fault.FailedPrecondition, "pool %q is not running (state %s)", name, poolState(state))
 	}
 	x, err := lv.StoragePoolGetXMLDesc(p, 0)
 	if err != nil {
@@ -82,7 +97,51 @@ func activePool(lv *libvirt.Libvirt, name string) (libvirt.StoragePool, string, 
 	if err := px.Unmarshal(x); err != nil {
 		return p, "", fmt.Errorf("parse pool %q XML: %w", name, err)
 	}
+	if err := m.confined(name, &px); err != nil {
+		return p, "", err
+	}
 	return p, px.Type, nil
+}
+
+// confined refuses a path-backed pool whose directory is not where the
+// policy lets pools be.
+func (m *Manager) confined(name string, px *libvirtxml.StoragePool) error {
+	if !pathBacked(px.Type) || px.Target == nil {
+		return nil
+	}
+	if err := m.policy.CheckPath("pool.path", px.Target.Path); err != nil {
+		return fault.Errorf(fault.FailedPrecondition, "pool %q is outside the permitted pool roots, so the agent serves none of its volumes: %w", name, err)
+	}
+	return nil
+}
+
+// pathBacked pool types keep their volumes in a directory on the node.
+func pathBacked(typ string) bool { return typ == "dir" || typ == "fs" || typ == "netfs" }
+
+// CheckPoolSpec validates a pool for CreatePool: the spec itself, then the
+// confinement policy for its directory and devices, then that its directory
+// is new or empty. It changes nothing.
+func (m *Manager) CheckPoolSpec(p *v1.Pool) error {
+	x, err := PoolXML(p)
+	if err != nil {
+		return err
+	}
+	if pathBacked(x.Type) && x.Target != nil {
+		if err := m.policy.CheckPath("pool.path", x.Target.Path); err != nil {
+			return err
+		}
+		if err := CheckEmptyDir("pool.path", x.Target.Path); err != nil {
+			return err
+		}
+	}
+	if x.Source != nil {
+		for i, d := range x.Source.Device {
+			if err := m.policy.CheckDevice(fmt.Sprintf("pool.source_devices[%d]", i), d.Path); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func poolState(s uint8) v1.Pool_State {
@@ -94,9 +153,20 @@ func poolState(s uint8) v1.Pool_State {
 
 // CreatePool defines, optionally builds, starts and autostarts a pool.
 func (m *Manager) CreatePool(ctx context.Context, spec *v1.Pool, build, format bool) (_ *v1.Pool, err error) {
+	if err := m.CheckPoolSpec(spec); err != nil {
+		return nil, err
+	}
 	x, err := PoolXML(spec)
 	if err != nil {
 		return nil, err
+	}
+	// The agent owns the storage when it makes it: a directory that did
+	// not exist, or a device it builds. Only then may delete_storage
+	// remove it later.
+	createdStorage := build
+	if pathBacked(x.Type) && x.Target != nil {
+		_, statErr := os.Stat(x.Target.Path)
+		createdStorage = build && errors.Is(statErr, fs.ErrNotExist)
 	}
 	doc, err := marshal(x, "pool")
 	if err != nil {
@@ -107,7 +177,7 @@ func (m *Manager) CreatePool(ctx context.Context, spec *v1.Pool, build, format b
 		return nil, err
 	}
 	if _, err := lv.StoragePoolLookupByName(spec.GetName()); err == nil {
-		return nil, status.Errorf(codes.AlreadyExists, "pool %q already exists", spec.GetName())
+		return nil, fault.Errorf(fault.AlreadyExists, "pool %q already exists", spec.GetName())
 	}
 	p, err := lv.StoragePoolDefineXML(doc, 0)
 	if err != nil {
@@ -118,12 +188,14 @@ func (m *Manager) CreatePool(ctx context.Context, spec *v1.Pool, build, format b
 		if err == nil {
 			return
 		}
-		// Undo in reverse: stop, remove what build made, undefine.
-		_ = lv.StoragePoolDestroy(p)
+		// Undo in reverse: stop, remove what build made, undefine (also
+		// after a cancellation: the undo must still reach libvirtd).
+		undo := lv.Detached()
+		_ = undo.StoragePoolDestroy(p)
 		if built {
-			_ = lv.StoragePoolDelete(p, libvirt.StoragePoolDeleteNormal)
+			_ = undo.StoragePoolDelete(p, libvirt.StoragePoolDeleteNormal)
 		}
-		if uerr := lv.StoragePoolUndefine(p); uerr != nil {
+		if uerr := undo.StoragePoolUndefine(p); uerr != nil {
 			m.log.Warn("undo pool define", "pool", spec.GetName(), "err", uerr)
 		}
 	}()
@@ -143,12 +215,19 @@ func (m *Manager) CreatePool(ctx context.Context, spec *v1.Pool, build, format b
 	if err := lv.StoragePoolSetAutostart(p, 1); err != nil {
 		return nil, libvirtconn.Status(err, "autostart pool %q", spec.GetName())
 	}
-	return m.poolInfo(lv, p)
+	info, err := m.poolInfo(lv, p)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.owned.add(spec.GetName(), ownedPool{UUID: info.GetUuid(), CreatedStorage: createdStorage}); err != nil {
+		return nil, fault.Errorf(fault.Internal, "record pool %q as the agent's: %w", spec.GetName(), err)
+	}
+	return info, nil
 }
 
 // GetPool returns a pool's spec and status.
 func (m *Manager) GetPool(ctx context.Context, name string) (*v1.Pool, error) {
-	lv, err := m.conn.Client(ctx)
+	lv, err := m.conn.Reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +240,7 @@ func (m *Manager) GetPool(ctx context.Context, name string) (*v1.Pool, error) {
 
 // ListPools returns all pools, sorted by name.
 func (m *Manager) ListPools(ctx context.Context) ([]*v1.Pool, error) {
-	lv, err := m.conn.Client(ctx)
+	lv, err := m.conn.Reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +251,7 @@ func (m *Manager) ListPools(ctx context.Context) ([]*v1.Pool, error) {
 	var out []*v1.Pool
 	for _, p := range pools {
 		info, err := m.poolInfo(lv, p)
-		if status.Code(err) == codes.NotFound {
+		if fault.Is(err, fault.NotFound) {
 			continue // deleted meanwhile
 		}
 		if err != nil {
@@ -184,7 +263,7 @@ func (m *Manager) ListPools(ctx context.Context) ([]*v1.Pool, error) {
 	return out, nil
 }
 
-func (m *Manager) poolInfo(lv *libvirt.Libvirt, p libvirt.StoragePool) (*v1.Pool, error) {
+func (m *Manager) poolInfo(lv *libvirtconn.Client, p libvirt.StoragePool) (*v1.Pool, error) {
 	doc, err := lv.StoragePoolGetXMLDesc(p, 0)
 	if err != nil {
 		return nil, libvirtconn.Status(err, "pool %q XML", p.Name)
@@ -249,6 +328,9 @@ func (m *Manager) DeletePool(ctx context.Context, name string, deleteVolumes, de
 	if err != nil {
 		return err
 	}
+	if err := m.checkDelete(name, uuidString(p.UUID), deleteVolumes, deleteStorage); err != nil {
+		return err
+	}
 	state, _, _, _, err := lv.StoragePoolGetInfo(p)
 	if err != nil {
 		return libvirtconn.Status(err, "pool %q info", name)
@@ -261,7 +343,7 @@ func (m *Manager) DeletePool(ctx context.Context, name string, deleteVolumes, de
 		}
 		if len(vols) > 0 {
 			if !deleteVolumes {
-				return status.Errorf(codes.FailedPrecondition, "pool %q still holds %d volume(s); delete them first or set delete_volumes", name, len(vols))
+				return fault.Errorf(fault.FailedPrecondition, "pool %q still holds %d volume(s); delete them first or set delete_volumes", name, len(vols))
 			}
 			users, err := m.Users(ctx)
 			if err != nil {
@@ -269,7 +351,7 @@ func (m *Manager) DeletePool(ctx context.Context, name string, deleteVolumes, de
 			}
 			for _, v := range vols {
 				if u := users[name+"/"+v.Name]; len(u) > 0 {
-					return status.Errorf(codes.FailedPrecondition, "volume %s/%s is used by VM %s; pool not deleted", name, v.Name, strings.Join(u, ", "))
+					return fault.Errorf(fault.FailedPrecondition, "volume %s/%s is used by VM %s; pool not deleted", name, v.Name, strings.Join(u, ", "))
 				}
 			}
 			for _, v := range vols {
@@ -289,6 +371,40 @@ func (m *Manager) DeletePool(ctx context.Context, name string, deleteVolumes, de
 	}
 	if err := lv.StoragePoolUndefine(p); err != nil {
 		return libvirtconn.Status(err, "undefine pool %q", name)
+	}
+	if err := m.owned.remove(name); err != nil {
+		m.log.Warn("forget deleted pool", "pool", name, "err", err)
+	}
+	return nil
+}
+
+// CheckDelete refuses, before anything changes, a pool delete that would
+// remove storage or volumes the agent did not create.
+func (m *Manager) CheckDelete(ctx context.Context, name string, deleteVolumes, deleteStorage bool) error {
+	lv, err := m.conn.Reader(ctx)
+	if err != nil {
+		return err
+	}
+	p, err := lookupPool(lv, name)
+	if err != nil {
+		return err
+	}
+	return m.checkDelete(name, uuidString(p.UUID), deleteVolumes, deleteStorage)
+}
+
+func (m *Manager) checkDelete(name, uuid string, deleteVolumes, deleteStorage bool) error {
+	if !deleteVolumes && !deleteStorage {
+		return nil
+	}
+	rec, ok, err := m.owned.get(name)
+	if err != nil {
+		return fault.Errorf(fault.Internal, "read the agent's pool records: %w", err)
+	}
+	if !ok || rec.UUID != uuid {
+		return fault.Errorf(fault.FailedPrecondition, "pool %q was not created by this agent: delete_volumes and delete_storage remove only what the agent created (delete without them to undefine the pool and keep its files)", name)
+	}
+	if deleteStorage && !rec.CreatedStorage {
+		return fault.Errorf(fault.FailedPrecondition, "pool %q uses storage that existed before the pool (or was not built by the agent): delete_storage removes only what the agent created (delete without it)", name)
 	}
 	return nil
 }
@@ -326,13 +442,13 @@ func (m *Manager) CreateVolume(ctx context.Context, spec *v1.Volume) (*v1.Volume
 	return m.volumeInfo(ctx, lv, vol)
 }
 
-func (m *Manager) create(lv *libvirt.Libvirt, spec *v1.Volume, capacity int64) (libvirt.StorageVol, error) {
-	p, ptype, err := activePool(lv, spec.GetPool())
+func (m *Manager) create(lv *libvirtconn.Client, spec *v1.Volume, capacity int64) (libvirt.StorageVol, error) {
+	p, ptype, err := m.activePool(lv, spec.GetPool())
 	if err != nil {
 		return libvirt.StorageVol{}, err
 	}
 	if _, err := lv.StorageVolLookupByName(p, spec.GetName()); err == nil {
-		return libvirt.StorageVol{}, status.Errorf(codes.AlreadyExists, "volume %s/%s already exists", spec.GetPool(), spec.GetName())
+		return libvirt.StorageVol{}, fault.Errorf(fault.AlreadyExists, "volume %s/%s already exists", spec.GetPool(), spec.GetName())
 	}
 	x, err := VolumeXML(ptype, spec.GetName(), spec.GetFormat(), capacity)
 	if err != nil {
@@ -375,7 +491,7 @@ func (m *Manager) Upload(ctx context.Context, spec *v1.Volume, size int64, r io.
 	}
 	defer func() {
 		if err != nil {
-			if derr := lv.StorageVolDelete(vol, libvirt.StorageVolDeleteNormal); derr != nil {
+			if derr := lv.Detached().StorageVolDelete(vol, libvirt.StorageVolDeleteNormal); derr != nil {
 				m.log.Warn("undo volume create", "volume", spec.GetPool()+"/"+spec.GetName(), "err", derr)
 			}
 		}
@@ -439,19 +555,19 @@ func (e *exactReader) Read(b []byte) (int, error) {
 
 // GetVolume returns one volume.
 func (m *Manager) GetVolume(ctx context.Context, pool, name string) (*v1.Volume, error) {
-	lv, err := m.conn.Client(ctx)
+	lv, err := m.conn.Reader(ctx)
 	if err != nil {
 		return nil, err
 	}
-	vol, err := lookupVolume(lv, pool, name)
+	vol, err := m.lookupVolume(lv, pool, name)
 	if err != nil {
 		return nil, err
 	}
 	return m.volumeInfo(ctx, lv, vol)
 }
 
-func lookupVolume(lv *libvirt.Libvirt, pool, name string) (libvirt.StorageVol, error) {
-	p, _, err := activePool(lv, pool)
+func (m *Manager) lookupVolume(lv *libvirtconn.Client, pool, name string) (libvirt.StorageVol, error) {
+	p, _, err := m.activePool(lv, pool)
 	if err != nil {
 		return libvirt.StorageVol{}, err
 	}
@@ -467,11 +583,11 @@ func lookupVolume(lv *libvirt.Libvirt, pool, name string) (libvirt.StorageVol, e
 
 // ListVolumes returns a pool's volumes, sorted by name.
 func (m *Manager) ListVolumes(ctx context.Context, pool string) ([]*v1.Volume, error) {
-	lv, err := m.conn.Client(ctx)
+	lv, err := m.conn.Reader(ctx)
 	if err != nil {
 		return nil, err
 	}
-	p, _, err := activePool(lv, pool)
+	p, _, err := m.activePool(lv, pool)
 	if err != nil {
 		return nil, err
 	}
@@ -486,7 +602,7 @@ func (m *Manager) ListVolumes(ctx context.Context, pool string) ([]*v1.Volume, e
 	var out []*v1.Volume
 	for _, v := range vols {
 		info, err := m.describe(lv, v, users)
-		if status.Code(err) == codes.NotFound {
+		if fault.Is(err, fault.NotFound) {
 			continue
 		}
 		if err != nil {
@@ -498,7 +614,7 @@ func (m *Manager) ListVolumes(ctx context.Context, pool string) ([]*v1.Volume, e
 	return out, nil
 }
 
-func (m *Manager) volumeInfo(ctx context.Context, lv *libvirt.Libvirt, vol libvirt.StorageVol) (*v1.Volume, error) {
+func (m *Manager) volumeInfo(ctx context.Context, lv *libvirtconn.Client, vol libvirt.StorageVol) (*v1.Volume, error) {
 	users, err := m.Users(ctx)
 	if err != nil {
 		return nil, err
@@ -506,7 +622,7 @@ func (m *Manager) volumeInfo(ctx context.Context, lv *libvirt.Libvirt, vol libvi
 	return m.describe(lv, vol, users)
 }
 
-func (m *Manager) describe(lv *libvirt.Libvirt, vol libvirt.StorageVol, users map[string][]string) (*v1.Volume, error) {
+func (m *Manager) describe(lv *libvirtconn.Client, vol libvirt.StorageVol, users map[string][]string) (*v1.Volume, error) {
 	doc, err := lv.StorageVolGetXMLDesc(vol, 0)
 	if err != nil {
 		return nil, libvirtconn.Status(err, "volume %s/%s XML", vol.Pool, vol.Name)
@@ -558,7 +674,7 @@ func (m *Manager) ResizeVolume(ctx context.Context, pool, name string, capacity 
 	if err != nil {
 		return nil, err
 	}
-	vol, err := lookupVolume(lv, pool, name)
+	vol, err := m.lookupVolume(lv, pool, name)
 	if err != nil {
 		return nil, err
 	}
@@ -570,7 +686,7 @@ func (m *Manager) ResizeVolume(ctx context.Context, pool, name string, capacity 
 		return nil, Invalid("capacity_bytes", "%d is smaller than the current %d: shrinking would destroy data and is refused", capacity, cur)
 	}
 	if users, err := m.Users(ctx); err == nil && len(users[pool+"/"+name]) > 0 {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s/%s is in use by VM %s; resize it while the VM's disk is detached", pool, name, strings.Join(users[pool+"/"+name], ", "))
+		return nil, fault.Errorf(fault.FailedPrecondition, "volume %s/%s is in use by VM %s; resize it while the VM's disk is detached", pool, name, strings.Join(users[pool+"/"+name], ", "))
 	}
 	if uint64(capacity) != cur {
 		if err := lv.StorageVolResize(vol, uint64(capacity), 0); err != nil {
@@ -590,7 +706,7 @@ func (m *Manager) CloneVolume(ctx context.Context, pool, name, newPool, newName 
 	if err != nil {
 		return nil, err
 	}
-	src, err := lookupVolume(lv, pool, name)
+	src, err := m.lookupVolume(lv, pool, name)
 	if err != nil {
 		return nil, err
 	}
@@ -601,12 +717,12 @@ func (m *Manager) CloneVolume(ctx context.Context, pool, name, newPool, newName 
 	if format == v1.Volume_FORMAT_UNSPECIFIED {
 		format = srcInfo.Format
 	}
-	dst, ptype, err := activePool(lv, newPool)
+	dst, ptype, err := m.activePool(lv, newPool)
 	if err != nil {
 		return nil, err
 	}
 	if _, err := lv.StorageVolLookupByName(dst, newName); err == nil {
-		return nil, status.Errorf(codes.AlreadyExists, "volume %s/%s already exists", newPool, newName)
+		return nil, fault.Errorf(fault.AlreadyExists, "volume %s/%s already exists", newPool, newName)
 	}
 	x, err := VolumeXML(ptype, newName, format, srcInfo.CapacityBytes)
 	if err != nil {
@@ -619,8 +735,9 @@ func (m *Manager) CloneVolume(ctx context.Context, pool, name, newPool, newName 
 	vol, err := lv.StorageVolCreateXMLFrom(dst, doc, src, 0)
 	if err != nil {
 		// libvirt removes a half-written clone itself; make sure.
-		if v, lerr := lv.StorageVolLookupByName(dst, newName); lerr == nil {
-			_ = lv.StorageVolDelete(v, libvirt.StorageVolDeleteNormal)
+		undo := lv.Detached()
+		if v, lerr := undo.StorageVolLookupByName(dst, newName); lerr == nil {
+			_ = undo.StorageVolDelete(v, libvirt.StorageVolDeleteNormal)
 		}
 		return nil, libvirtconn.Status(err, "clone volume %s/%s to %s/%s", pool, name, newPool, newName)
 	}
@@ -633,7 +750,7 @@ func (m *Manager) DeleteVolume(ctx context.Context, pool, name string) error {
 	if err != nil {
 		return err
 	}
-	vol, err := lookupVolume(lv, pool, name)
+	vol, err := m.lookupVolume(lv, pool, name)
 	if err != nil {
 		return err
 	}
@@ -642,7 +759,7 @@ func (m *Manager) DeleteVolume(ctx context.Context, pool, name string) error {
 		return err
 	}
 	if u := users[pool+"/"+name]; len(u) > 0 {
-		return status.Errorf(codes.FailedPrecondition, "volume %s/%s is in use by VM %s; remove the disk from the VM first", pool, name, strings.Join(u, ", "))
+		return fault.Errorf(fault.FailedPrecondition, "volume %s/%s is in use by VM %s; remove the disk from the VM first", pool, name, strings.Join(u, ", "))
 	}
 	if err := lv.StorageVolDelete(vol, libvirt.StorageVolDeleteNormal); err != nil {
 		return libvirtconn.Status(err, "delete volume %s/%s", pool, name)
@@ -654,7 +771,7 @@ func (m *Manager) DeleteVolume(ctx context.Context, pool, name string) error {
 // whose disks use that volume, in either their live or persistent
 // definition.
 func (m *Manager) Users(ctx context.Context) (map[string][]string, error) {
-	lv, err := m.conn.Client(ctx)
+	lv, err := m.conn.Reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -693,8 +810,49 @@ func (m *Manager) Users(ctx context.Context) (map[string][]string, error) {
 	return out, nil
 }
 
-// IsStatus reports whether err carries the gRPC code c.
-func IsStatus(err error, c codes.Code) bool {
-	var se interface{ GRPCStatus() *status.Status }
-	return errors.As(err, &se) && se.GRPCStatus().Code() == c
+// InactiveAutostartPools names the pools that should run (autostart) but
+// do not: the health report's pools-active check.
+func (m *Manager) InactiveAutostartPools(ctx context.Context) ([]string, error) {
+	lv, err := m.conn.Reader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pools, _, err := lv.ConnectListAllStoragePools(1, libvirt.ConnectListStoragePoolsAutostart|libvirt.ConnectListStoragePoolsInactive)
+	if err != nil {
+		return nil, libvirtconn.Status(err, "list pools")
+	}
+	names := make([]string, 0, len(pools))
+	for _, p := range pools {
+		names = append(names, p.Name)
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// EnsurePool creates spec (built, started, autostarted) unless a pool of
+// that name exists, and starts it when it exists but is not running. It is
+// how the node's default pool comes to be after first boot.
+func (m *Manager) EnsurePool(ctx context.Context, spec *v1.Pool) error {
+	lv, err := m.conn.Client(ctx)
+	if err != nil {
+		return err
+	}
+	p, err := lv.StoragePoolLookupByName(spec.GetName())
+	if libvirtconn.NotFound(err) {
+		_, err := m.CreatePool(ctx, spec, true, false)
+		return err
+	}
+	if err != nil {
+		return libvirtconn.Status(err, "look up pool %q", spec.GetName())
+	}
+	state, _, _, _, err := lv.StoragePoolGetInfo(p)
+	if err != nil {
+		return libvirtconn.Status(err, "pool %q info", spec.GetName())
+	}
+	if libvirt.StoragePoolState(state) != libvirt.StoragePoolRunning {
+		if err := lv.StoragePoolCreate(p, 0); err != nil {
+			return libvirtconn.Status(err, "start pool %q", spec.GetName())
+		}
+	}
+	return nil
 }

@@ -1,36 +1,20 @@
 package storage
 
 import (
-	"fmt"
-	"math"
-	"regexp"
-	"strconv"
-	"strings"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"github.com/debvisor/debvisor/api/rules"
+	"github.com/debvisor/debvisor/nodeagent/fault"
 )
 
-// MaxVolumeBytes is the largest volume the API accepts (64 TiB): anything
-// bigger on one node is a typo, not a plan.
-const MaxVolumeBytes int64 = 64 << 40
-
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
-// Invalid returns InvalidArgument in the API's "field: message" form.
+// Invalid is an Invalid error in the API's "field: message" form.
 func Invalid(field, format string, args ...any) error {
-	return status.Errorf(codes.InvalidArgument, "%s: %s", field, fmt.Sprintf(format, args...))
+	return fault.Invalidf(field, format, args...)
 }
 
-// CheckName validates a pool, volume or VM name: 1–64 characters of
-// letters, digits, '.', '_' and '-', not starting with a punctuation mark
-// (names become file names and libvirt object names).
+// CheckName validates a pool, volume or VM name (rules.CheckName) and
+// names the field when it is refused.
 func CheckName(field, name string) error {
-	switch {
-	case name == "":
-		return Invalid(field, "must not be empty")
-	case !nameRE.MatchString(name):
-		return Invalid(field, "%q is not a valid name (1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit)", name)
+	if err := rules.CheckName(name); err != nil {
+		return Invalid(field, "%w", err)
 	}
 	return nil
 }
@@ -42,79 +26,8 @@ func CheckSize(field string, n int64, allowZero bool) error {
 		return Invalid(field, "must not be negative (got %d)", n)
 	case n == 0 && !allowZero:
 		return Invalid(field, "must be positive")
-	case n > MaxVolumeBytes:
-		return Invalid(field, "%d bytes is more than the %s maximum", n, FormatSize(MaxVolumeBytes))
+	case n > rules.MaxVolumeBytes:
+		return Invalid(field, "%d bytes is more than the %s maximum", n, rules.FormatSize(rules.MaxVolumeBytes))
 	}
 	return nil
-}
-
-var sizeRE = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$`)
-
-var sizeUnits = map[string]float64{
-	"": 1, "b": 1,
-	"k": 1 << 10, "kib": 1 << 10, "kb": 1e3,
-	"m": 1 << 20, "mib": 1 << 20, "mb": 1e6,
-	"g": 1 << 30, "gib": 1 << 30, "gb": 1e9,
-	"t": 1 << 40, "tib": 1 << 40, "tb": 1e12,
-}
-
-// ParseSize parses a size such as "512", "64MiB", "10G" or "1.5TB": bare
-// numbers and single letters are bytes and binary units (as qemu-img and
-// virsh read them), "GB" and friends are decimal. The result is exact bytes
-// and never negative.
-func ParseSize(s string) (int64, error) {
-	m := sizeRE.FindStringSubmatch(strings.TrimSpace(s))
-	if m == nil {
-		return 0, fmt.Errorf("%q is not a size (examples: 1073741824, 512MiB, 10G, 1.5TB)", s)
-	}
-	mult, ok := sizeUnits[strings.ToLower(m[2])]
-	if !ok {
-		return 0, fmt.Errorf("%q: unknown unit %q (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)", s, m[2])
-	}
-	if !strings.Contains(m[1], ".") {
-		n, err := strconv.ParseUint(m[1], 10, 63)
-		if err != nil {
-			return 0, fmt.Errorf("%q: number out of range", s)
-		}
-		if n > 0 && uint64(mult) > math.MaxInt64/n {
-			return 0, fmt.Errorf("%q: size out of range", s)
-		}
-		return int64(n * uint64(mult)), nil
-	}
-	f, err := strconv.ParseFloat(m[1], 64)
-	if err != nil {
-		return 0, fmt.Errorf("%q: %w", s, err)
-	}
-	v := f * mult
-	if v >= math.MaxInt64 || math.IsInf(v, 0) || math.IsNaN(v) {
-		return 0, fmt.Errorf("%q: size out of range", s)
-	}
-	return int64(v), nil
-}
-
-// HumanSize renders bytes for people, rounded to one decimal in the
-// largest binary unit not above them ("252.0GiB").
-func HumanSize(n int64) string {
-	for _, u := range []struct {
-		s string
-		v int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.v {
-			return strconv.FormatFloat(float64(n)/float64(u.v), 'f', 1, 64) + u.s
-		}
-	}
-	return strconv.FormatInt(n, 10) + "B"
-}
-
-// FormatSize renders bytes with the largest binary unit that divides them.
-func FormatSize(n int64) string {
-	for _, u := range []struct {
-		s string
-		v int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n != 0 && n%u.v == 0 {
-			return strconv.FormatInt(n/u.v, 10) + u.s
-		}
-	}
-	return strconv.FormatInt(n, 10) + "B"
 }
