@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/debvisor/debvisor/imagebuilder"
+	"github.com/debvisor/debvisor/internal/qemu"
 	"github.com/debvisor/debvisor/osimage"
 )
 
@@ -99,10 +100,10 @@ func BenchmarkImageBootToAgent(b *testing.B) {
 
 // BenchmarkImageBootToAgentBIOSKVM is the same through the image's legacy
 // BIOS path: SeaBIOS under KVM. Target: median <= 20 s. It fails at once
-// where KVM cannot run that path in hardware (imagebuilder.KVMForBIOS: the
+// where KVM cannot run that path in hardware (qemu.KVMForBIOS: the
 // development machines' PVM emulates it and GRUB alone takes minutes).
 func BenchmarkImageBootToAgentBIOSKVM(b *testing.B) {
-	if ok, why := imagebuilder.KVMForBIOS(); !ok {
+	if ok, why := qemu.KVMForBIOS(); !ok {
 		b.Fatalf("no hardware-assisted KVM for the BIOS path: %s", why)
 	}
 	benchBootToAgent(b, vmConfig{Firmware: "bios", Accel: "kvm"})
@@ -123,7 +124,7 @@ func benchBootToAgent(b *testing.B, cfg vmConfig) {
 		t0 := time.Now()
 		cfg.DiskSize, cfg.Seed, cfg.Network = "6G", seed.seed, true
 		v := startVM(b, img.Raw, cfg, seed.sshKey)
-		accel = v.accel
+		accel = string(v.accel)
 		deadline := time.Now().Add(bootTimeout)
 		for {
 			if _, err := dvctlStatus(b, seed, v.apiPort); err == nil {
@@ -153,7 +154,7 @@ func benchBootToAgent(b *testing.B, cfg vmConfig) {
 //
 // Why not the whole path: /dev/kvm here is PVM (kvm_pvm), which emulates
 // real-mode and unpaged code instruction by instruction, so OVMF fails and
-// SeaBIOS + GRUB i386-pc take minutes (imagebuilder.KVMForBIOS); the full
+// SeaBIOS + GRUB i386-pc take minutes (qemu.KVMForBIOS); the full
 // firmware + GRUB path is measured under TCG by BenchmarkImageBootToAgent
 // and BenchmarkImageBootToAgentBIOSTCG. What this measures is the OS part
 // at KVM speed: kernel, initramfs and its overlay mounts, systemd,
@@ -172,7 +173,7 @@ func BenchmarkImageBootToAgentKVMDirectKernel(b *testing.B) {
 		b.Fatalf("KVM unavailable: %v", err)
 	}
 	f.Close()
-	if ok, why := imagebuilder.KVMForBIOS(); !ok {
+	if ok, why := qemu.KVMForBIOS(); !ok {
 		b.Logf("firmware and GRUB not measured: %s", why)
 	}
 	img := defaultImage(b)
@@ -180,7 +181,7 @@ func BenchmarkImageBootToAgentKVMDirectKernel(b *testing.B) {
 	kernel, initrd, cmdline := slotADirectBoot(b, img)
 	b.Logf("kernel %s, initrd %s, -append %q", kernel, initrd, cmdline)
 	cpu := "host"
-	if imagebuilder.KVMIsPVM() {
+	if qemu.KVMIsPVM() {
 		// PVM refuses IA32_ARCH_CAPABILITIES (MSR 0x10a) and QEMU aborts
 		// with "failed to set MSR 0x10a" under a plain -cpu host.
 		cpu = "host,-arch-capabilities"
@@ -220,11 +221,8 @@ func BenchmarkImageBootToAgentKVMDirectKernel(b *testing.B) {
 			if _, err := dvctlStatus(b, seed, v.apiPort); err == nil {
 				break
 			}
-			select {
-			case err := <-v.exited:
-				v.exited <- err
+			if gone, err := v.exited(); gone {
 				b.Fatalf("qemu exited (%v) before the agent answered", err)
-			default:
 			}
 			if time.Now().After(deadline) {
 				b.Fatalf("agent did not answer within %s", bootTimeout)

@@ -101,6 +101,9 @@ type Result struct {
 	Raw, Qcow2, ManifestPath string
 	Manifest                 *osimage.Manifest
 	RootfsCached             bool
+	// BaseCached: the slot's compressed base came from the cache and only
+	// the layer (DebVisor's own files) was compressed.
+	BaseCached bool
 }
 
 type builder struct {
@@ -111,9 +114,20 @@ type builder struct {
 
 	digest   string
 	epoch    int64
+	kernel   string // kernel release baked into the slot (kernelLinks)
 	work     string
-	tree     string
 	partials []string
+	// baseBuild: tools run for the cached base get BaseEpoch, not the
+	// build's epoch.
+	baseBuild bool
+}
+
+// cmdEpoch is the SOURCE_DATE_EPOCH tools run with.
+func (b *builder) cmdEpoch() int64 {
+	if b.baseBuild {
+		return BaseEpoch
+	}
+	return b.epoch
 }
 
 // Build runs the whole pipeline. On any error nothing is left in outDir
@@ -169,9 +183,12 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 	defer os.RemoveAll(work)
 
 	res := &Result{}
-	var rootfs string
-	var slot slotInfo
-	var lay layout
+	var (
+		rootfs, rootfsKey, base string
+		layer                   map[string]layerFile
+		slot                    slotInfo
+		lay                     layout
+	)
 	rawPartial := filepath.Join(b.outDir, "."+RawName+partialSf)
 	phases := []phase{
 		{"rootfs", func(ctx context.Context) (string, error) {
@@ -179,7 +196,7 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 			if err != nil {
 				return "", err
 			}
-			rootfs, res.RootfsCached = dir, cached
+			rootfs, rootfsKey, res.RootfsCached = dir, meta.Key, cached
 			b.epoch = meta.Created
 			if v := os.Getenv("SOURCE_DATE_EPOCH"); v != "" {
 				e, err := strconv.ParseInt(v, 10, 64)
@@ -196,13 +213,32 @@ func (b *builder) run(ctx context.Context) (*Result, error) {
 			}
 			return "built " + meta.Key, nil
 		}},
-		{"overlay", func(ctx context.Context) (string, error) {
-			return "", b.overlay(ctx, rootfs)
+		{"base", func(ctx context.Context) (string, error) {
+			var err error
+			if layer, err = b.layerFiles(); err != nil {
+				return "", err
+			}
+			if b.kernel, err = kernelVersion(rootfs); err != nil {
+				return "", err
+			}
+			key, err := b.baseKey(rootfsKey, layer)
+			if err != nil {
+				return "", fmt.Errorf("base key: %w", err)
+			}
+			var cached bool
+			if base, cached, err = b.ensureBase(ctx, rootfs, key, layer); err != nil {
+				return "", err
+			}
+			res.BaseCached = cached
+			if cached {
+				return "cached " + key, nil
+			}
+			return fmt.Sprintf("built %s (%s)", key, b.spec.Compression), nil
 		}},
-		{"squashfs", func(ctx context.Context) (string, error) {
-			s, err := b.squashfs(ctx)
+		{"slot", func(ctx context.Context) (string, error) {
+			s, err := b.slotSquashfs(ctx, base, layer)
 			slot = s
-			return fmt.Sprintf("%s, %d MiB", b.spec.Compression, s.size>>20), err
+			return fmt.Sprintf("base + %d layer files, %d MiB", len(layer), s.size>>20), err
 		}},
 		{"disk", func(ctx context.Context) (string, error) {
 			b.partials = append(b.partials, rawPartial)

@@ -1,22 +1,26 @@
 package imagebuilder
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/disk"
-	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/google/uuid"
 
+	"github.com/debvisor/debvisor/boot/bootenv"
+	"github.com/debvisor/debvisor/boot/bootloader"
+	"github.com/debvisor/debvisor/boot/bootloader/grubefi"
+	"github.com/debvisor/debvisor/boot/bootloader/grubpc"
+	"github.com/debvisor/debvisor/boot/esp"
+	"github.com/debvisor/debvisor/boot/slotwriter"
 	"github.com/debvisor/debvisor/osimage"
 )
 
@@ -64,13 +68,18 @@ func planLayout(s *Spec, digest string) layout {
 }
 
 // part returns the planned partition with GPT number n.
-func (l layout) part(n int) partSpec {
+func (l layout) part(n int) (partSpec, error) {
 	for _, p := range l.parts {
 		if p.num == n {
-			return p
+			return p, nil
 		}
 	}
-	panic(fmt.Sprintf("layout has no partition %d", n))
+	return partSpec{}, fmt.Errorf("layout has no partition %d", n)
+}
+
+// extent is the partition in sectors, as boot loaders address it.
+func (p partSpec) extent() bootloader.Extent {
+	return bootloader.Extent{Start: p.start / sectorSize, Sectors: p.size / sectorSize}
 }
 
 // derivedGUID makes a stable, valid (version 4 layout) GUID from the spec
@@ -83,31 +92,32 @@ func derivedGUID(digest, name string) string {
 	return strings.ToUpper(u.String())
 }
 
-// assemble writes the GPT, the ESP, slot A, the data partition and the
-// BIOS boot loader into a new raw file.
+// assemble writes the GPT, slot A, the data partition, the ESP and the
+// BIOS boot loader into a new raw file, in the order an upgrade follows:
+// the slot is written and verified before the boot environment that makes
+// it bootable exists.
 func (b *builder) assemble(ctx context.Context, rawPath string, slot slotInfo) (layout, error) {
 	l := planLayout(b.spec, b.digest)
-	bios := l.part(osimage.PartBIOS)
-	// core.img is built first so a too-large one fails before any writing.
-	bb, err := b.grubBIOS(ctx)
-	if err != nil {
-		return l, err
+	var espPart, slotA, dataPart, biosPart partSpec
+	for _, p := range []struct {
+		n   int
+		dst *partSpec
+	}{{osimage.PartESP, &espPart}, {osimage.PartA, &slotA}, {osimage.PartData, &dataPart}, {osimage.PartBIOS, &biosPart}} {
+		var err error
+		if *p.dst, err = l.part(p.n); err != nil {
+			return l, err
+		}
 	}
-	if err := checkBIOSFit(bb.core, bios.size/sectorSize); err != nil {
-		return l, fmt.Errorf("BIOS boot partition: %w", err)
+	efi := grubefi.New(grubefi.WithLogger(b.log), grubefi.WithWorkDir(b.work))
+	pc := grubpc.New(grubpc.WithLogger(b.log), grubpc.WithWorkDir(b.work))
+	// Both boot loaders are built, and core.img checked against the BIOS
+	// boot partition, before anything is written.
+	for _, bl := range []bootloader.Bootloader{efi, pc} {
+		if err := bl.Prepare(ctx, bootloader.Target{BIOSBoot: biosPart.extent()}); err != nil {
+			return l, err
+		}
 	}
 	os.Remove(rawPath)
-	// go-diskfs stamps FAT entries with SOURCE_DATE_EPOCH when set
-	// (util/timestamp); the build's epoch must win over the wall clock.
-	prev, had := os.LookupEnv("SOURCE_DATE_EPOCH")
-	os.Setenv("SOURCE_DATE_EPOCH", fmt.Sprint(b.epoch))
-	defer func() {
-		if had {
-			os.Setenv("SOURCE_DATE_EPOCH", prev)
-		} else {
-			os.Unsetenv("SOURCE_DATE_EPOCH")
-		}
-	}()
 	d, err := diskfs.Create(rawPath, l.total, diskfs.SectorSizeDefault)
 	if err != nil {
 		return l, fmt.Errorf("create %s: %w", rawPath, err)
@@ -123,45 +133,46 @@ func (b *builder) assemble(ctx context.Context, rawPath string, slot slotInfo) (
 		d.Close()
 		return l, fmt.Errorf("write GPT: %w", err)
 	}
-	if err := b.writeESP(ctx, d); err != nil {
-		d.Close()
-		return l, fmt.Errorf("ESP: %w", err)
-	}
 	if err := d.Close(); err != nil {
 		return l, fmt.Errorf("close %s: %w", rawPath, err)
 	}
-	data, err := b.mkData(ctx, l.part(osimage.PartData))
+	data, err := b.mkData(ctx, dataPart)
 	if err != nil {
 		return l, fmt.Errorf("data partition: %w", err)
 	}
-	// go-diskfs' WritePartitionContents insists on filling the whole
-	// partition; the slot is smaller than that, and zero runs are better
-	// left as holes, so the contents are copied at their offsets here.
 	raw, err := os.OpenFile(rawPath, os.O_RDWR, 0)
 	if err != nil {
 		return l, err
 	}
 	defer raw.Close()
-	if err := fixFAT32(raw, l.part(osimage.PartESP).start); err != nil {
-		return l, fmt.Errorf("ESP: %w", err)
-	}
+	// The file is new and sparse: zero runs stay holes.
 	for _, w := range []struct {
-		part partSpec
-		file string
-	}{{l.part(osimage.PartA), slot.path}, {l.part(osimage.PartData), data}} {
-		if err := copySparseAt(raw, w.part.start, w.part.size, w.file); err != nil {
+		part   partSpec
+		file   string
+		digest string
+	}{{slotA, slot.path, slot.digest}, {dataPart, data, ""}} {
+		if err := b.writePartition(ctx, raw, w.part, w.file, w.digest); err != nil {
 			return l, fmt.Errorf("partition %d (%s): %w", w.part.num, w.part.label, err)
 		}
 	}
-	if err := installBIOSBoot(raw, bb, bios.start/sectorSize, bios.size/sectorSize); err != nil {
-		return l, fmt.Errorf("BIOS boot loader: %w", err)
+	if err := b.writeESP(ctx, rawPath, efi); err != nil {
+		return l, fmt.Errorf("ESP: %w", err)
+	}
+	// go-diskfs is done with the ESP: make fsck.vfat accept it and give
+	// every entry the build's time.
+	if err := esp.Finish(raw, espPart.start, time.Unix(b.epoch, 0)); err != nil {
+		return l, fmt.Errorf("ESP: %w", err)
+	}
+	if err := pc.Install(ctx, bootloader.Target{Disk: raw, BIOSBoot: biosPart.extent()}); err != nil {
+		return l, err
 	}
 	return l, raw.Sync()
 }
 
-// copySparseAt writes file into dst at off, skipping all-zero blocks (the
-// destination is a fresh sparse file, so they already read as zeros).
-func copySparseAt(dst *os.File, off, limit int64, file string) error {
+// writePartition streams file onto its partition of the new raw image
+// (slotwriter: bounded memory, read back and verified), checking the
+// digest the squashfs phase computed when there is one.
+func (b *builder) writePartition(ctx context.Context, raw *os.File, p partSpec, file, digest string) error {
 	src, err := os.Open(file)
 	if err != nil {
 		return err
@@ -171,107 +182,77 @@ func copySparseAt(dst *os.File, off, limit int64, file string) error {
 	if err != nil {
 		return err
 	}
-	if st.Size() > limit {
-		return fmt.Errorf("%s is %d bytes, the partition only %d", file, st.Size(), limit)
+	opts := []slotwriter.Option{slotwriter.WithExpectedSize(st.Size()), slotwriter.WithLogger(b.log)}
+	if digest != "" {
+		opts = append(opts, slotwriter.WithExpectedDigest(digest))
 	}
-	buf := make([]byte, 1<<20)
-	zero := make([]byte, len(buf))
-	for pos := int64(0); ; {
-		n, err := io.ReadFull(src, buf)
-		if n > 0 && !bytes.Equal(buf[:n], zero[:n]) {
-			if _, werr := dst.WriteAt(buf[:n], off+pos); werr != nil {
-				return werr
-			}
-		}
-		pos += int64(n)
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
+	_, err = slotwriter.Write(ctx, src, slotwriter.Target{Device: raw, Offset: p.start, Size: p.size, Sparse: true}, opts...)
+	return err
 }
 
 // writeESP formats partition 1 as FAT32 (go-diskfs, reproducible mode)
-// and writes the boot loader, its configuration and both grubenv copies.
-func (b *builder) writeESP(ctx context.Context, d *disk.Disk) error {
-	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: osimage.PartESP, FSType: filesystem.TypeFat32, VolumeLabel: "DEBVISOR", Reproducible: true})
+// and writes the boot loader, its configuration, the preseed if any and
+// both grubenv copies, in name order (which fixes cluster allocation).
+func (b *builder) writeESP(ctx context.Context, rawPath string, efi bootloader.Bootloader) error {
+	d, err := diskfs.Open(rawPath, diskfs.WithOpenMode(diskfs.ReadWrite))
 	if err != nil {
-		return fmt.Errorf("format FAT32: %w", err)
+		return fmt.Errorf("open %s: %w", rawPath, err)
 	}
-	efi, err := b.grubEFI(ctx)
+	if err := b.writeESPFiles(ctx, d, efi); err != nil {
+		d.Close()
+		return err
+	}
+	return d.Close()
+}
+
+func (b *builder) writeESPFiles(ctx context.Context, d *disk.Disk, efi bootloader.Bootloader) error {
+	fs, err := esp.Create(d, osimage.PartESP)
 	if err != nil {
 		return err
 	}
-	cfg, err := RenderGrubCfg(b.spec)
-	if err != nil {
+	t := bootloader.Target{ESP: fs}
+	if err := efi.Install(ctx, t); err != nil { // EFI/BOOT/BOOTX64.EFI
 		return err
 	}
-	env, err := osimage.NewBootEnv().Marshal()
-	if err != nil {
-		return err
-	}
-	files := map[string][]byte{
-		osimage.ESPBootloader:    efi,
-		osimage.ESPGrubCfg:       cfg,
-		osimage.ESPGrubEnv:       env,
-		osimage.ESPGrubEnvBackup: env,
-	}
-	if b.spec.Preseed != "" {
-		if err := b.addPreseed(files); err != nil {
+	if b.spec.Preseed != "" { // debvisor/...
+		files, err := b.preseedFiles()
+		if err != nil {
+			return err
+		}
+		if err := fs.WriteFiles(ctx, files); err != nil {
 			return err
 		}
 	}
-	for _, name := range sortedKeys(files) {
-		if err := fsWrite(fs, name, files[name]); err != nil {
-			return fmt.Errorf("write %s: %w", name, err)
-		}
+	if err := efi.Configure(ctx, t, bootConfig(b.spec)); err != nil { // grub/grub.cfg
+		return err
 	}
-	return nil
+	// grub/grubenv, grub/grubenv.bak: slot A bootable and untried.
+	return bootenv.NewStore(fs, bootenv.WithLogger(b.log)).Save(ctx, bootenv.New())
 }
 
-// addPreseed copies the spec's preseed and the PKI files it names to the
-// ESP, where firstboot looks when no seed volume is attached.
-func (b *builder) addPreseed(files map[string][]byte) error {
+// preseedFiles reads the spec's preseed and the files it names (PKI, a
+// cluster CA), for the ESP, where firstboot looks when no seed volume is
+// attached.
+func (b *builder) preseedFiles() (map[string][]byte, error) {
+	files := map[string][]byte{}
 	src := b.spec.resolve(b.spec.Preseed)
 	data, err := os.ReadFile(src)
 	if err != nil {
-		return fmt.Errorf("preseed: %w", err)
+		return nil, fmt.Errorf("preseed: %w", err)
 	}
 	p, err := osimage.ParsePreseed(data)
 	if err != nil {
-		return fmt.Errorf("%s: %w", src, err)
+		return nil, fmt.Errorf("%s: %w", src, err)
 	}
 	files[osimage.ESPPreseed] = data
-	if p.PKI != nil {
-		for _, f := range []string{p.PKI.CA, p.PKI.Cert, p.PKI.Key} {
-			c, err := os.ReadFile(filepath.Join(filepath.Dir(src), f))
-			if err != nil {
-				return fmt.Errorf("preseed pki: %w", err)
-			}
-			files[path.Join(path.Dir(osimage.ESPPreseed), f)] = c
+	for _, f := range p.SeedFiles() {
+		c, err := os.ReadFile(filepath.Join(filepath.Dir(src), f))
+		if err != nil {
+			return nil, fmt.Errorf("preseed files: %w", err)
 		}
+		files[path.Join(path.Dir(osimage.ESPPreseed), f)] = c
 	}
-	return nil
-}
-
-func fsWrite(fs filesystem.FileSystem, name string, data []byte) error {
-	dir := "/" + path.Dir(name)
-	if dir != "/." {
-		if err := fs.Mkdir(dir); err != nil {
-			return err
-		}
-	}
-	f, err := fs.OpenFile("/"+name, os.O_CREATE|os.O_RDWR)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return files, nil
 }
 
 // mkData makes the small ext4 for debvisor-data with a fixed UUID, hash

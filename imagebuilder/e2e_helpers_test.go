@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/debvisor/debvisor/imagebuilder"
+	"github.com/debvisor/debvisor/internal/qemu"
 )
 
 // testEpoch is the SOURCE_DATE_EPOCH every test build uses.
@@ -136,12 +136,11 @@ func run(t testing.TB, name string, args ...string) string {
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := qemu.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // waitFor polls cond until it returns true or the deadline passes.

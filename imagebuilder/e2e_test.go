@@ -1,10 +1,9 @@
 package imagebuilder_test
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/debvisor/debvisor/imagebuilder"
+	"github.com/debvisor/debvisor/internal/qemu"
 )
 
 // bootTimeout bounds one UEFI boot under TCG on a busy 2-core machine.
@@ -60,20 +60,14 @@ pki:
 }
 
 // dvctlStatus asks the agent in the guest for its node status over mTLS
-// through the forwarded port, with the real client.
+// through the forwarded port, with the real client (dvctl status -o json).
 func dvctlStatus(t testing.TB, s seedFixture, port int) (map[string]any, error) {
 	_, dvctl := binaries(t)
 	pki := filepath.Join(s.dir, "pki")
-	out, err := exec.Command(dvctl, "status", "-o", "json", "--node", fmt.Sprintf("127.0.0.1:%d", port),
-		"--ca", filepath.Join(pki, "ca.crt"), "--cert", filepath.Join(pki, "admin.crt"), "--key", filepath.Join(pki, "admin.key")).CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("dvctl status: %w: %s", err, out)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(out, &m); err != nil {
-		return nil, fmt.Errorf("dvctl status output: %w: %s", err, out)
-	}
-	return m, nil
+	d := qemu.Dvctl{Path: dvctl, Creds: qemu.Credentials{
+		CA: filepath.Join(pki, "ca.crt"), Cert: filepath.Join(pki, "admin.crt"), Key: filepath.Join(pki, "admin.key"),
+	}}
+	return d.Status(context.Background(), fmt.Sprintf("127.0.0.1:%d", port))
 }
 
 // TestBootEndToEnd boots the default image under QEMU/OVMF from a larger
@@ -181,7 +175,7 @@ func TestBootWithoutNetworkStartsNetcfg(t *testing.T) {
 // slot A from the same grub.cfg and grubenv, show it on the serial console
 // (SeaBIOS does not mirror the screen there, early.cfg adds GRUB's serial
 // terminal), and the agent must answer over mTLS. It runs under KVM where
-// KVM executes the BIOS path in hardware (imagebuilder.KVMForBIOS), else
+// KVM executes the BIOS path in hardware (qemu.KVMForBIOS), else
 // under TCG: the development machines' KVM is PVM, which emulates
 // SeaBIOS/GRUB's real-mode and unpaged code and takes minutes for GRUB.
 func TestBootBIOSUnderKVM(t *testing.T) {

@@ -1,11 +1,14 @@
 package imagebuilder_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -73,7 +76,7 @@ func TestImageAcceptedByIndependentTools(t *testing.T) {
 		t.Errorf("the slot ships SSH host keys: %v", keys)
 	}
 
-	rep, err := imagebuilder.Inspect(img.Raw)
+	rep, err := imagebuilder.Inspect(context.Background(), img.Raw)
 	if err != nil {
 		t.Fatalf("inspect: %v", err)
 	}
@@ -103,6 +106,100 @@ func TestReproducible(t *testing.T) {
 	if "sha256:"+a != img.Manifest.Files[0].Digest {
 		t.Fatalf("manifest digest %s does not match the file (%s)", img.Manifest.Files[0].Digest, a)
 	}
+}
+
+// TestReproducibleFromColdCache builds the default spec again with an empty
+// cache: a root filesystem made afresh by mmdebstrap and a base compressed
+// afresh must give the same image, byte for byte, as the shared build.
+func TestReproducibleFromColdCache(t *testing.T) {
+	img := defaultImage(t)
+	agent, dvctl := binaries(t)
+	spec, err := imagebuilder.DefaultSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cold := t.TempDir()
+	var progress bytes.Buffer
+	second, err := imagebuilder.Build(context.Background(), spec, filepath.Join(cold, "out"),
+		imagebuilder.WithBinaries(agent, dvctl),
+		imagebuilder.WithSourceDateEpoch(testEpoch),
+		imagebuilder.WithCacheDir(filepath.Join(cold, "cache")),
+		imagebuilder.WithProgress(imagebuilder.NewProgress(imagebuilder.ProgressPlain, &progress, nil)),
+	)
+	t.Logf("cold build:\n%s", progress.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.RootfsCached || second.BaseCached {
+		t.Fatalf("the cold build used a cache (rootfs %v, base %v)", second.RootfsCached, second.BaseCached)
+	}
+	a, b := sha256File(t, img.Raw), sha256File(t, second.Raw)
+	t.Logf("shared cache %s\ncold cache   %s", a, b)
+	if a != b {
+		t.Logf("differences between the cached and the fresh root filesystems:\n%s", treeDiff(t, filepath.Join(cacheDir(), "rootfs"), filepath.Join(cold, "cache", "rootfs")))
+		t.Fatalf("a build from a cold cache differs: %s vs %s (slot %s vs %s)", a, b, img.Manifest.Slot.Digest, second.Manifest.Slot.Digest)
+	}
+}
+
+// cacheDir is the cache the shared builds use.
+func cacheDir() string {
+	if d := os.Getenv("DEBVISOR_CACHE"); d != "" {
+		return d
+	}
+	return imagebuilder.DefaultCacheDir
+}
+
+// treeDiff names the files that differ between the one cached tree under
+// each of two rootfs cache directories (content, then owner/mode/time).
+func treeDiff(t *testing.T, dirA, dirB string) string {
+	t.Helper()
+	tree := func(dir string) string {
+		m, _ := filepath.Glob(filepath.Join(dir, "*", "tree"))
+		if len(m) == 0 {
+			m, _ = filepath.Glob(filepath.Join(dir, "*"))
+		}
+		for _, p := range m {
+			if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+				return p
+			}
+		}
+		return dir
+	}
+	b := tree(dirB)
+	a := filepath.Join(dirA, filepath.Base(b))
+	out, _ := exec.Command("diff", "-rq", "--no-dereference", a, b).CombinedOutput()
+	meta := func(root string) map[string]string {
+		m := map[string]string{}
+		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return nil
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return nil
+			}
+			rel, _ := filepath.Rel(root, p)
+			m[rel] = fmt.Sprintf("%v %d", fi.Mode(), fi.ModTime().Unix())
+			return nil
+		})
+		return m
+	}
+	ma, mb := meta(a), meta(b)
+	var lines []string
+	for k, v := range ma {
+		if mb[k] != v && mb[k] != "" {
+			lines = append(lines, fmt.Sprintf("%s: %s vs %s", k, v, mb[k]))
+		}
+	}
+	sort.Strings(lines)
+	if len(lines) > 40 {
+		lines = append(lines[:40], fmt.Sprintf("... %d more", len(lines)-40))
+	}
+	s := string(out)
+	if len(s) > 8000 {
+		s = s[:8000] + "\n..."
+	}
+	return fmt.Sprintf("%s vs %s\ncontent:\n%s\nmetadata:\n%s", a, b, s, strings.Join(lines, "\n"))
 }
 
 // TestBuildFailuresLeaveNothing: a malformed spec, a missing package and

@@ -2,6 +2,8 @@ package imagebuilder
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	iofs "io/fs"
@@ -13,10 +15,14 @@ import (
 	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/ext4"
-	"github.com/diskfs/go-diskfs/filesystem/fat32"
 	"github.com/diskfs/go-diskfs/filesystem/squashfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/debvisor/debvisor/boot/bootenv"
+	"github.com/debvisor/debvisor/boot/bootloader"
+	"github.com/debvisor/debvisor/boot/bootloader/grubefi"
+	"github.com/debvisor/debvisor/boot/bootloader/grubpc"
+	"github.com/debvisor/debvisor/boot/esp"
 	"github.com/debvisor/debvisor/osimage"
 )
 
@@ -29,7 +35,7 @@ type Report struct {
 	Slots      map[string]SlotReport       `json:"slots"`
 	BootEnv    map[string]string           `json:"bootenv,omitempty"`
 	NextBoot   string                      `json:"next_boot,omitempty"`
-	BIOSBoot   *BIOSBootReport             `json:"bios_boot,omitempty"`
+	BIOSBoot   *grubpc.Installed           `json:"bios_boot,omitempty"`
 	Checked    []string                    `json:"checked"`
 	Problems   []string                    `json:"problems"`
 }
@@ -42,12 +48,13 @@ type SlotReport struct {
 	Files   int    `json:"files_read,omitempty"`
 }
 
-// Inspect reads an image back with go-diskfs: partition table against the
-// layout contract, the legacy BIOS boot code in the MBR and the BIOS boot
-// partition it loads, every file on the ESP, both grubenv copies, every file in
-// each slot's squashfs, and the data partition's ext4. It returns the report
-// and an error when anything is inconsistent.
-func Inspect(image string) (*Report, error) {
+// Inspect reads an image back with go-diskfs, without writing to it:
+// partition table against the layout contract, the legacy BIOS boot code in
+// the MBR and the BIOS boot partition it loads (grubpc), every file on the
+// ESP and the UEFI loader (grubefi), both grubenv copies (bootenv), every
+// file in each slot's squashfs, and the data partition's ext4. It returns
+// the report and an error when anything is inconsistent.
+func Inspect(ctx context.Context, image string) (*Report, error) {
 	d, err := diskfs.Open(image, diskfs.WithOpenMode(diskfs.ReadOnly))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", image, err)
@@ -99,7 +106,7 @@ func Inspect(image string) (*Report, error) {
 	}
 	r.Checked = append(r.Checked, "gpt")
 	r.inspectBIOS(d.Backend, parts[osimage.PartBIOS], parts)
-	r.inspectESP(d.Backend, parts[osimage.PartESP])
+	r.inspectESP(ctx, d.Backend, parts[osimage.PartESP])
 	for _, s := range osimage.Slots {
 		r.inspectSlot(d.Backend, s, parts[s.Partition()])
 	}
@@ -128,7 +135,7 @@ func (r *Report) inspectBIOS(b backend.Storage, p *gpt.Partition, parts map[int]
 			r.Problems = append(r.Problems, fmt.Sprintf("BIOS boot partition %d (bytes %d-%d) is not before partition %d (starts at %d)", p.Index, start, start+size, n, o.GetStart()))
 		}
 	}
-	bios, err := readBIOSBoot(b, start/sectorSize, size/sectorSize)
+	bios, err := grubpc.ReadInstalled(b, bootloader.Extent{Start: int64(start / sectorSize), Sectors: int64(size / sectorSize)})
 	if err != nil {
 		r.Problems = append(r.Problems, "BIOS boot: "+err.Error())
 		return
@@ -137,25 +144,23 @@ func (r *Report) inspectBIOS(b backend.Storage, p *gpt.Partition, parts map[int]
 	r.Checked = append(r.Checked, fmt.Sprintf("bios: MBR boot code loads core.img (%d sectors) from LBA %d in partition %d", bios.CoreSectors, bios.CoreLBA, p.Index))
 }
 
-func (r *Report) inspectESP(b backend.Storage, p *gpt.Partition) {
-	fs, err := fat32.Read(b, p.GetSize(), p.GetStart(), sectorSize)
+func (r *Report) inspectESP(ctx context.Context, b backend.Storage, p *gpt.Partition) {
+	fs, err := esp.OpenAt(b, p.GetStart(), p.GetSize())
 	if err != nil {
-		r.Problems = append(r.Problems, fmt.Sprintf("ESP: not a readable FAT32: %v", err))
+		r.Problems = append(r.Problems, err.Error())
 		return
 	}
-	n, err := readAll(fs, ".")
+	n, err := readAll(fs.FileSystem(), ".")
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("ESP: %v", err))
 		return
 	}
-	for _, f := range []string{osimage.ESPBootloader, osimage.ESPGrubCfg} {
-		if st, err := fs.Stat(f); err != nil || st.Size() == 0 {
-			r.Problems = append(r.Problems, fmt.Sprintf("ESP: %s missing or empty", f))
+	if _, err := grubefi.New().Check(ctx, bootloader.Target{ESP: fs}); err != nil {
+		for _, e := range splitErrors(err) {
+			r.Problems = append(r.Problems, "ESP: "+e.Error())
 		}
 	}
-	primary, _ := readFile(fs, osimage.ESPGrubEnv)
-	backup, _ := readFile(fs, osimage.ESPGrubEnvBackup)
-	copies, err := osimage.ReadBootEnvCopies(primary, backup)
+	copies, err := bootenv.NewStore(fs).Read(ctx)
 	if err != nil {
 		r.Problems = append(r.Problems, "ESP: "+err.Error())
 		return
@@ -167,15 +172,29 @@ func (r *Report) inspectESP(b backend.Storage, p *gpt.Partition) {
 		r.Problems = append(r.Problems, "ESP: backup grubenv is damaged or differs from the primary")
 	}
 	r.BootEnv = map[string]string{}
-	for _, k := range []string{osimage.EnvOrder, "A_OK", "A_TRY", "B_OK", "B_TRY"} {
-		r.BootEnv[k] = copies.Env.Get(k)
+	for _, k := range []string{bootenv.VarOrder, "A_OK", "A_TRY", "B_OK", "B_TRY", bootenv.VarCommitted, bootenv.VarOnce} {
+		if v := copies.Env.Get(k); v != "" || !strings.HasPrefix(k, "O") && k != bootenv.VarCommitted {
+			r.BootEnv[k] = v
+		}
 	}
-	slot, fallback := copies.Env.NextBoot()
-	r.NextBoot = string(slot)
-	if fallback {
+	next := copies.Env.NextBoot()
+	r.NextBoot = string(next.Slot)
+	switch {
+	case next.Once:
+		r.NextBoot += " (once)"
+	case next.Fallback:
 		r.NextBoot += " (fallback: no slot with a clean boot counter)"
 	}
 	r.Checked = append(r.Checked, fmt.Sprintf("esp: fat32, %d files read", n))
+}
+
+// splitErrors undoes errors.Join, so each problem is reported on its own.
+func splitErrors(err error) []error {
+	var j interface{ Unwrap() []error }
+	if errors.As(err, &j) {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 func (r *Report) inspectSlot(b backend.Storage, s osimage.Slot, p *gpt.Partition) {
@@ -203,7 +222,12 @@ func (r *Report) inspectSlot(b backend.Storage, s osimage.Slot, p *gpt.Partition
 		return
 	}
 	rep := SlotReport{Files: n}
-	rel, err := readFile(fs, osimage.ReleaseFile)
+	// The release file is in the slot's layer (/debvisor/...), linked from
+	// its usual path; slots built before the layer have it in place.
+	rel, err := readFile(fs, layerDir+"/"+osimage.ReleaseFile)
+	if err != nil {
+		rel, err = readFile(fs, osimage.ReleaseFile)
+	}
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("slot %s: no %s: %v", s, osimage.ReleaseFile, err))
 	}
@@ -224,7 +248,7 @@ func (r *Report) inspectSlot(b backend.Storage, s osimage.Slot, p *gpt.Partition
 }
 
 func (r *Report) slotOK(s osimage.Slot) (bool, bool) {
-	return r.BootEnv[osimage.EnvOK(s)] == "1", r.BootEnv[osimage.EnvTry(s)] == "1"
+	return r.BootEnv[bootenv.OKVar(s)] == "1", r.BootEnv[bootenv.TryVar(s)] == "1"
 }
 
 func (r *Report) inspectData(b backend.Storage, p *gpt.Partition) {

@@ -18,6 +18,7 @@ import (
 func (b *builder) outputs(ctx context.Context, rawPartial string, slot slotInfo, l layout, res *Result) (string, error) {
 	m := &osimage.Manifest{
 		Version: b.spec.Version, SpecDigest: b.digest, SourceDateEpoch: b.epoch,
+		Architecture: Architecture, Kernel: b.kernel,
 		DiskSize: l.total, DiskGUID: l.guid,
 		Slot: osimage.ManifestSlot{Compression: b.spec.Compression, Size: slot.size, Digest: slot.digest},
 	}

@@ -3,6 +3,7 @@ package imagebuilder
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -16,19 +17,91 @@ import (
 	"github.com/debvisor/debvisor/templates"
 )
 
-// overlay copies the cached rootfs to the work dir and turns it into a
-// DebVisor slot: templates, binaries, users, extra files, enabled units,
-// and no per-machine identity (host keys, machine-id).
-func (b *builder) overlay(ctx context.Context, rootfs string) error {
-	b.tree = filepath.Join(b.work, "tree")
-	if err := b.cmd(ctx, nil, "cp", "-a", "--reflink=auto", rootfs+"/.", b.tree+"/"); err != nil {
-		return fmt.Errorf("copy rootfs: %w", err)
+// A slot is two parts. The base is the Debian tree with everything that
+// changes only with the spec's package set, users, host name and extra
+// files; it is compressed once and cached by content (baseKey). The layer is
+// what changes with every DebVisor build: the agent and dvctl binaries, the
+// DebVisor units and scripts, the release file and the slot's kernel
+// arguments. It lives under /debvisor in the slot, the base has symlinks to
+// it at the usual paths, and it is appended to a copy of the cached base
+// with mksquashfs, so rebuilding after a change to DebVisor's own files
+// compresses megabytes, not the Debian tree. Every build takes this path,
+// cached base or not, so the same inputs give the same bytes.
+
+// layerDir is the slot's top-level directory holding the layer.
+const layerDir = "debvisor"
+
+// layerFile is one file of the layer, at its usual path relative to /.
+type layerFile struct {
+	data []byte
+	mode os.FileMode
+}
+
+// layerTemplate reports whether a template file belongs to the layer:
+// DebVisor's units and scripts. Configuration files (/etc/fstab, the agent
+// config, networkd and ssh settings) stay real files in the base, because
+// the running system edits them in the /etc overlay.
+func layerTemplate(p string) bool {
+	return strings.HasPrefix(p, "rootfs/usr/local/") || strings.HasPrefix(p, "rootfs/etc/systemd/system/")
+}
+
+// layerFiles returns the layer: path relative to / -> file.
+func (b *builder) layerFiles() (map[string]layerFile, error) {
+	files := map[string]layerFile{}
+	err := fs.WalkDir(templates.FS, "rootfs", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !layerTemplate(p) {
+			return err
+		}
+		data, err := templates.FS.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		mode := os.FileMode(0o644)
+		if templates.Executables[p] {
+			mode = 0o755
+		}
+		files[strings.TrimPrefix(p, "rootfs/")] = layerFile{data, mode}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("templates: %w", err)
 	}
+	for src, dst := range map[string]string{b.opts.agentBin: "usr/local/bin/debvisor-agent", b.opts.dvctlBin: "usr/local/bin/dvctl"} {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return nil, fmt.Errorf("bake binary: %w", err)
+		}
+		files[dst] = layerFile{data, 0o755}
+	}
+	files[osimage.ReleaseFile] = layerFile{osimage.Release{Version: b.spec.Version, SpecDigest: b.digest, SourceDateEpoch: b.epoch, Arch: osimage.Arch}.Marshal(), 0o644}
+	// The slot's own kernel arguments (spec kernel_cmdline, validated to
+	// hold nothing GRUB would interpret).
+	files[osimage.SlotCmdlineFile] = layerFile{fmt.Appendf(nil, "set slot_cmdline=\"%s\"\n", b.spec.KernelCmdline), 0o644}
+	return files, nil
+}
+
+// writeLayer writes the layer's files under dir/debvisor.
+func writeLayer(dir string, files map[string]layerFile) error {
+	for _, p := range sortedKeys(files) {
+		f := files[p]
+		if err := writeFile(filepath.Join(dir, layerDir, p), f.data, f.mode); err != nil {
+			return fmt.Errorf("layer %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// baseOverlay turns tree, a copy of the cached rootfs, into a slot's base:
+// templates, users, host name, extra files, enabled units, no per-machine
+// identity (host keys, machine-id), and symlinks where the layer's files
+// go. The layer's units are present as real files while units are enabled
+// (systemctl reads their [Install] sections), then replaced by the links.
+func (b *builder) baseOverlay(ctx context.Context, tree string, layer map[string]layerFile) error {
 	err := fs.WalkDir(templates.FS, "rootfs", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		dst := filepath.Join(b.tree, strings.TrimPrefix(p, "rootfs"))
+		dst := filepath.Join(tree, strings.TrimPrefix(p, "rootfs"))
 		if d.IsDir() {
 			return os.MkdirAll(dst, 0o755)
 		}
@@ -45,24 +118,11 @@ func (b *builder) overlay(ctx context.Context, rootfs string) error {
 	if err != nil {
 		return fmt.Errorf("templates: %w", err)
 	}
-	for src, dst := range map[string]string{b.opts.agentBin: "usr/local/bin/debvisor-agent", b.opts.dvctlBin: "usr/local/bin/dvctl"} {
-		data, err := os.ReadFile(src)
-		if err != nil {
-			return fmt.Errorf("bake binary: %w", err)
-		}
-		if err := writeFile(filepath.Join(b.tree, dst), data, 0o755); err != nil {
-			return err
-		}
-	}
-	release := osimage.Release{Version: b.spec.Version, SpecDigest: b.digest, SourceDateEpoch: b.epoch}.Marshal()
-	if err := writeFile(filepath.Join(b.tree, osimage.ReleaseFile), release, 0o644); err != nil {
-		return err
-	}
-	if err := writeFile(filepath.Join(b.tree, "etc/hostname"), []byte(b.spec.Hostname+"\n"), 0o644); err != nil {
+	if err := writeFile(filepath.Join(tree, "etc/hostname"), []byte(b.spec.Hostname+"\n"), 0o644); err != nil {
 		return err
 	}
 	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n", b.spec.Hostname)
-	if err := writeFile(filepath.Join(b.tree, "etc/hosts"), []byte(hosts), 0o644); err != nil {
+	if err := writeFile(filepath.Join(tree, "etc/hosts"), []byte(hosts), 0o644); err != nil {
 		return err
 	}
 	for _, f := range b.spec.ExtraFiles {
@@ -76,38 +136,36 @@ func (b *builder) overlay(ctx context.Context, rootfs string) error {
 		if f.Mode != "" {
 			mode, _ = strconv.ParseUint(f.Mode, 8, 32)
 		}
-		if err := writeFile(filepath.Join(b.tree, f.Path), data, os.FileMode(mode)); err != nil {
+		if err := writeFile(filepath.Join(tree, f.Path), data, os.FileMode(mode)); err != nil {
 			return fmt.Errorf("extra file %s: %w", f.Path, err)
 		}
 	}
 	// Mount points the initramfs and fstab use must exist in the
 	// read-only root.
 	for _, d := range []string{osimage.DataMount, osimage.ESPMount, "/etc/debvisor", "/var/lib/debvisor"} {
-		if err := os.MkdirAll(filepath.Join(b.tree, d), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {
 			return err
 		}
 	}
-	if err := b.kernelLinks(); err != nil {
+	if err := kernelLinks(tree); err != nil {
 		return err
 	}
-	if err := b.users(ctx); err != nil {
+	if err := b.users(ctx, tree); err != nil {
 		return err
 	}
 	// Per-machine identity is made by firstboot, never shipped.
-	keys, _ := filepath.Glob(filepath.Join(b.tree, "etc/ssh/ssh_host_*"))
+	keys, _ := filepath.Glob(filepath.Join(tree, "etc/ssh/ssh_host_*"))
 	for _, k := range keys {
 		if err := os.Remove(k); err != nil {
 			return err
 		}
 	}
-	for _, f := range []string{"etc/machine-id"} {
-		if err := writeFile(filepath.Join(b.tree, f), nil, 0o444); err != nil {
-			return err
-		}
+	if err := writeFile(filepath.Join(tree, "etc/machine-id"), nil, 0o444); err != nil {
+		return err
 	}
-	os.Remove(filepath.Join(b.tree, "var/lib/dbus/machine-id"))
+	os.Remove(filepath.Join(tree, "var/lib/dbus/machine-id"))
 	chroot := func(args ...string) error {
-		return b.cmd(ctx, nil, "chroot", append([]string{b.tree}, args...)...)
+		return b.cmd(ctx, nil, "chroot", append([]string{tree}, args...)...)
 	}
 	if err := chroot(append([]string{"systemctl", "enable"}, templates.Units...)...); err != nil {
 		return fmt.Errorf("enable units: %w", err)
@@ -116,22 +174,53 @@ func (b *builder) overlay(ctx context.Context, rootfs string) error {
 	if err := chroot("systemctl", "disable", "getty@tty1.service", "apt-daily.timer", "apt-daily-upgrade.timer"); err != nil {
 		return fmt.Errorf("disable units: %w", err)
 	}
+	// libvirt's packaged "default" network is a NAT bridge with dnsmasq
+	// and firewall rules: a node's VM networks are the operator's bridges
+	// (and user-mode NICs), never an implicit NAT the node did not ask
+	// for. Its definition carries a UUID made at install time, too.
+	for _, f := range []string{"etc/libvirt/qemu/networks/autostart/default.xml", "etc/libvirt/qemu/networks/default.xml"} {
+		if err := os.Remove(filepath.Join(tree, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("disable libvirt's default network: %w", err)
+		}
+	}
+	for _, p := range sortedKeys(layer) {
+		dst := filepath.Join(tree, p)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if err := os.Symlink("/"+layerDir+"/"+p, dst); err != nil {
+			return fmt.Errorf("link %s into the layer: %w", p, err)
+		}
+	}
 	return nil
+}
+
+// kernelVersion returns the release of the one kernel in tree's /boot,
+// which must have its initramfs.
+func kernelVersion(tree string) (string, error) {
+	kernels, _ := filepath.Glob(filepath.Join(tree, "boot/vmlinuz-*"))
+	if len(kernels) != 1 {
+		return "", fmt.Errorf("want exactly one kernel in /boot, found %d", len(kernels))
+	}
+	ver := strings.TrimPrefix(filepath.Base(kernels[0]), "vmlinuz-")
+	if _, err := os.Stat(filepath.Join(tree, "boot/initrd.img-"+ver)); err != nil {
+		return "", fmt.Errorf("initramfs for %s: %w", ver, err)
+	}
+	return ver, nil
 }
 
 // kernelLinks points /boot/vmlinuz and /boot/initrd.img at the one kernel
 // in the tree: grub.cfg boots those fixed names from whichever slot.
-func (b *builder) kernelLinks() error {
-	kernels, _ := filepath.Glob(filepath.Join(b.tree, "boot/vmlinuz-*"))
-	if len(kernels) != 1 {
-		return fmt.Errorf("want exactly one kernel in /boot, found %d", len(kernels))
-	}
-	ver := strings.TrimPrefix(filepath.Base(kernels[0]), "vmlinuz-")
-	if _, err := os.Stat(filepath.Join(b.tree, "boot/initrd.img-"+ver)); err != nil {
-		return fmt.Errorf("initramfs for %s: %w", ver, err)
+func kernelLinks(tree string) error {
+	ver, err := kernelVersion(tree)
+	if err != nil {
+		return err
 	}
 	for link, target := range map[string]string{"boot/vmlinuz": "vmlinuz-" + ver, "boot/initrd.img": "initrd.img-" + ver} {
-		p := filepath.Join(b.tree, link)
+		p := filepath.Join(tree, link)
 		os.Remove(p)
 		if err := os.Symlink(target, p); err != nil {
 			return err
@@ -140,12 +229,12 @@ func (b *builder) kernelLinks() error {
 	return nil
 }
 
-func (b *builder) users(ctx context.Context) error {
+func (b *builder) users(ctx context.Context, tree string) error {
 	for _, u := range b.spec.Users {
 		home := "/root"
 		if u.Name != "root" {
 			home = "/home/" + u.Name
-			args := []string{b.tree, "useradd", "--create-home", "--user-group", "--shell", orDefault(u.Shell, "/bin/bash")}
+			args := []string{tree, "useradd", "--create-home", "--user-group", "--shell", orDefault(u.Shell, "/bin/bash")}
 			if len(u.Groups) > 0 {
 				args = append(args, "--groups", strings.Join(u.Groups, ","))
 			}
@@ -158,14 +247,14 @@ func (b *builder) users(ctx context.Context) error {
 			continue
 		}
 		keys := strings.Join(u.SSHAuthorizedKeys, "\n") + "\n"
-		ssh := filepath.Join(b.tree, home, ".ssh")
+		ssh := filepath.Join(tree, home, ".ssh")
 		if err := os.MkdirAll(ssh, 0o700); err != nil {
 			return err
 		}
 		if err := writeFile(filepath.Join(ssh, "authorized_keys"), []byte(keys), 0o600); err != nil {
 			return err
 		}
-		if err := b.cmd(ctx, nil, "chroot", b.tree, "chown", "-R", u.Name+":", home+"/.ssh"); err != nil {
+		if err := b.cmd(ctx, nil, "chroot", tree, "chown", "-R", u.Name+":", home+"/.ssh"); err != nil {
 			return fmt.Errorf("user %s: %w", u.Name, err)
 		}
 	}
@@ -178,7 +267,7 @@ func (b *builder) cmd(ctx context.Context, env []string, name string, args ...st
 	c := exec.CommandContext(ctx, name, args...)
 	c.Env = withoutEnv(os.Environ(), "SOURCE_DATE_EPOCH")
 	if env == nil || env[0] != noEpoch {
-		c.Env = append(c.Env, fmt.Sprintf("SOURCE_DATE_EPOCH=%d", b.epoch))
+		c.Env = append(c.Env, fmt.Sprintf("SOURCE_DATE_EPOCH=%d", b.cmdEpoch()))
 	}
 	for _, e := range env {
 		if e != noEpoch {

@@ -38,9 +38,12 @@ type Event struct {
 	Phase    string    `json:"phase"`
 	Index    int       `json:"index"`
 	Total    int       `json:"total"`
-	Event    string    `json:"event"` // start, done, error
+	Event    string    `json:"event"` // start, done, error, bytes
 	Detail   string    `json:"detail,omitempty"`
 	Duration float64   `json:"duration_s,omitempty"`
+	// Bytes and BytesTotal are set on "bytes" events (push, pull).
+	Bytes      int64 `json:"bytes,omitempty"`
+	BytesTotal int64 `json:"bytes_total,omitempty"`
 }
 
 // Progress reports phase events to a writer.
@@ -53,6 +56,7 @@ type Progress struct {
 	done  chan struct{}
 	cur   Event
 	start time.Time
+	bytes bytesState
 }
 
 // NewProgress returns a reporter; now is the clock (time.Now in
@@ -73,6 +77,7 @@ func (p *Progress) Start(index, total int, phase string) {
 	defer p.mu.Unlock()
 	p.cur = Event{Time: p.now(), Phase: phase, Index: index, Total: total, Event: "start"}
 	p.start = p.cur.Time
+	p.bytes = bytesState{}
 	switch p.mode {
 	case ProgressJSON:
 		p.emitJSON(p.cur)
@@ -129,7 +134,7 @@ func (p *Progress) ticker(stop, done chan struct{}) {
 	spin := `|/-\`
 	for i := 0; ; i++ {
 		p.mu.Lock()
-		fmt.Fprintf(p.w, "\r\033[K[%d/%d] %-10s %c %6.1fs", p.cur.Index, p.cur.Total, p.cur.Phase, spin[i%4], p.now().Sub(p.start).Seconds())
+		fmt.Fprintf(p.w, "\r\033[K[%d/%d] %-10s %c %6.1fs%s", p.cur.Index, p.cur.Total, p.cur.Phase, spin[i%4], p.now().Sub(p.start).Seconds(), p.bytesText())
 		p.mu.Unlock()
 		select {
 		case <-stop:

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/debvisor/debvisor/internal/qemu"
 )
 
 // QuickstartConfig describes a local trial boot of a built image.
@@ -23,71 +25,20 @@ type QuickstartConfig struct {
 	SSHPort, APIPort int
 	DiskSize         string
 	Timeout          time.Duration
-	// Firmware is FirmwareAuto (default), FirmwareBIOS or FirmwareUEFI.
+	// Firmware is "auto" (default), "bios" or "uefi" (qemu.Firmware).
 	Firmware string
 	Out      io.Writer
-}
-
-// Firmware choices for Quickstart: the image boots either way.
-const (
-	// FirmwareAuto boots through the BIOS path under KVM when KVM can run
-	// it in hardware (KVMForBIOS; fast) and through UEFI under TCG
-	// otherwise.
-	FirmwareAuto = "auto"
-	// FirmwareBIOS boots with QEMU's SeaBIOS (KVM when KVMForBIOS, else TCG).
-	FirmwareBIOS = "bios"
-	// FirmwareUEFI boots with OVMF, always under TCG: OVMF stops with a KVM
-	// emulation failure on the development machines (DESIGN.md).
-	FirmwareUEFI = "uefi"
-)
-
-// quickstartMachine picks the firmware and accelerator for a firmware
-// choice, given whether KVM can run the BIOS boot path at full speed
-// (KVMForBIOS).
-func quickstartMachine(firmware string, kvm bool) (fw, accel string, err error) {
-	switch firmware {
-	case "", FirmwareAuto:
-		if kvm {
-			return FirmwareBIOS, "kvm", nil
-		}
-		return FirmwareUEFI, "tcg", nil
-	case FirmwareBIOS:
-		if kvm {
-			return FirmwareBIOS, "kvm", nil
-		}
-		return FirmwareBIOS, "tcg", nil
-	case FirmwareUEFI:
-		return FirmwareUEFI, "tcg", nil
-	}
-	return "", "", fmt.Errorf("firmware %q: want %s, %s or %s", firmware, FirmwareAuto, FirmwareBIOS, FirmwareUEFI)
-}
-
-// KVMForBIOS reports whether the BIOS boot path should run under KVM, and
-// why not. /dev/kvm must open, and KVM must execute real-mode and unpaged
-// protected-mode code in hardware: SeaBIOS, boot.img and all of GRUB i386-pc
-// run that way. PVM (kvm_pvm, the "KVM" of the development machines) runs
-// such code in KVM's instruction emulator: GRUB alone then needed about a
-// minute to start (its LZMA decompressor ran at a few KiB/s) and, with the
-// machine loaded, had not printed anything after five minutes, whereas TCG
-// reaches the kernel in seconds.
-func KVMForBIOS() (bool, string) {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return false, fmt.Sprintf("/dev/kvm: %v", err)
-	}
-	f.Close()
-	if KVMIsPVM() {
-		return false, "KVM is PVM (kvm_pvm), which emulates the real-mode and unpaged code of the BIOS boot path instruction by instruction"
-	}
-	return true, ""
+	// Log receives QEMU's command line at debug level (default: discarded).
+	Log *slog.Logger
 }
 
 // Quickstart boots the image in QEMU (SeaBIOS under KVM when KVM runs the
-// BIOS path in hardware, else UEFI via OVMF under TCG; see QuickstartConfig.Firmware;
-// user-mode networking forwarded to loopback only) with a fresh cluster CA, node and admin
-// certificates and an SSH key delivered on a DEBVISOR-SEED volume, waits
-// until the agent answers over mTLS and prints how to reach it. QEMU keeps
-// running in the background; the printed command stops it.
+// BIOS path in hardware, else UEFI via OVMF under TCG; see
+// QuickstartConfig.Firmware; user-mode networking forwarded to loopback
+// only) with a fresh cluster CA, node and admin certificates and an SSH key
+// delivered on a DEBVISOR-SEED volume, waits until the agent answers over
+// mTLS and prints how to reach it. QEMU keeps running in the background;
+// the printed command stops it.
 func Quickstart(ctx context.Context, c QuickstartConfig) error {
 	if c.DiskSize == "" {
 		c.DiskSize = "8G"
@@ -95,8 +46,10 @@ func Quickstart(ctx context.Context, c QuickstartConfig) error {
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Minute
 	}
-	kvm, _ := KVMForBIOS()
-	fw, accel, err := quickstartMachine(c.Firmware, kvm)
+	if c.Out == nil {
+		c.Out = io.Discard
+	}
+	fw, err := qemu.ParseFirmware(c.Firmware)
 	if err != nil {
 		return err
 	}
@@ -151,63 +104,58 @@ func Quickstart(ctx context.Context, c QuickstartConfig) error {
 		return err
 	}
 	disk := filepath.Join(dir, "disk.qcow2")
-	os.Remove(disk)
-	if err := x("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", img, disk, c.DiskSize); err != nil {
+	if err := qemu.Overlay(ctx, img, disk, c.DiskSize); err != nil {
 		return err
 	}
 	for _, p := range []*int{&c.SSHPort, &c.APIPort} {
 		if *p == 0 {
-			if *p, err = freeLoopbackPort(); err != nil {
+			if *p, err = qemu.FreePort(); err != nil {
 				return err
 			}
 		}
 	}
-	serial := filepath.Join(dir, "console.log")
-	pidfile := filepath.Join(dir, "qemu.pid")
-	machine, err := QEMUMachineArgs(dir, fw, accel)
+	m, err := qemu.Start(ctx, qemu.Config{
+		Name: "debvisor-quickstart", Dir: dir, Firmware: fw, MemoryMiB: 2048, CPUs: 2,
+		Drives: []qemu.Drive{
+			{File: disk, Format: "qcow2"},
+			{File: seed, Format: "raw", ReadOnly: true},
+		},
+		Network:   true,
+		Forwards:  []qemu.Forward{{Host: c.SSHPort, Guest: 22}, {Host: c.APIPort, Guest: qemu.AgentPort}},
+		SerialLog: filepath.Join(dir, "console.log"),
+		Detach:    true,
+		Log:       c.Log,
+	})
 	if err != nil {
 		return err
 	}
-	args := append([]string{"-daemonize", "-pidfile", pidfile, "-name", "debvisor-quickstart",
-		"-m", "2048", "-smp", "2"}, machine...)
-	args = append(args,
-		"-drive", "file="+disk+",if=virtio,format=qcow2",
-		"-drive", "file="+seed+",if=virtio,format=raw,readonly=on",
-		"-nic", fmt.Sprintf("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:22,hostfwd=tcp:127.0.0.1:%d-:7443", c.SSHPort, c.APIPort),
-		"-serial", "file:"+serial, "-display", "none", "-monitor", "none")
-	if err := x("qemu-system-x86_64", args...); err != nil {
-		return err
-	}
-	fmt.Fprintf(c.Out, "QEMU started (%s firmware, %s; pid file %s); console log: %s\nwaiting for the agent on 127.0.0.1:%d ...\n", fw, accel, pidfile, serial, c.APIPort)
-	status := []string{"status", "--node", fmt.Sprintf("127.0.0.1:%d", c.APIPort), "--ca", filepath.Join(pki, "ca.crt"),
-		"--cert", filepath.Join(pki, "admin.crt"), "--key", filepath.Join(pki, "admin.key")}
-	deadline := time.Now().Add(c.Timeout)
+	fmt.Fprintf(c.Out, "QEMU started (%s firmware, %s; pid file %s); console log: %s\nwaiting for the agent on %s ...\n",
+		m.Firmware(), m.Accel(), m.PIDFile(), m.SerialLog(), m.AgentEndpoint())
+	dvctl := qemu.Dvctl{Path: c.Dvctl, Creds: qemu.Credentials{
+		CA: filepath.Join(pki, "ca.crt"), Cert: filepath.Join(pki, "admin.crt"), Key: filepath.Join(pki, "admin.key"),
+	}}
+	status := dvctl.StatusArgs(m.AgentEndpoint())
 	start := time.Now()
-	for {
+	wctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	var answer []byte
+	err = m.WaitFor(wctx, 3*time.Second, "the agent", func(ctx context.Context) error {
 		out, err := exec.CommandContext(ctx, c.Dvctl, status...).CombinedOutput()
-		if err == nil {
-			fmt.Fprintf(c.Out, "agent answered after %s:\n%s\n", time.Since(start).Round(time.Second), out)
-			break
+		if err != nil {
+			return fmt.Errorf("dvctl status: %w: %s", err, out)
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return errors.Join(fmt.Errorf("the agent did not answer within %s (see %s)", c.Timeout, serial), ctx.Err())
-		}
-		time.Sleep(3 * time.Second)
+		answer = out
+		return nil
+	})
+	if err != nil {
+		return errors.Join(fmt.Errorf("the agent did not answer within %s (see %s)", c.Timeout, m.SerialLog()), err)
 	}
+	fmt.Fprintf(c.Out, "agent answered after %s:\n%s\n", time.Since(start).Round(time.Second), answer)
 	fmt.Fprintf(c.Out, `Reach the node:
   agent (mTLS):  %s %s
   shell (SSH):   ssh -i %s -p %d -o StrictHostKeyChecking=no root@127.0.0.1
   console:       tail -f %s   (serial console; tty1 runs kmscon)
   stop:          kill $(cat %s)
-`, c.Dvctl, strings.Join(status, " "), key, c.SSHPort, serial, pidfile)
+`, c.Dvctl, strings.Join(status, " "), key, c.SSHPort, m.SerialLog(), m.PIDFile())
 	return nil
-}
-
-func freeLoopbackPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -24,7 +24,7 @@ import (
 
 // rootfsFormat changes whenever the way the cached tree is made changes, so
 // old cache entries are not reused by mistake.
-const rootfsFormat = "debvisor-rootfs-v1"
+const rootfsFormat = "debvisor-rootfs-v2"
 
 // DefaultCacheDir is where rootfs trees are cached unless DEBVISOR_CACHE or
 // WithCacheDir says otherwise. It is outside any checkout on purpose: CI
@@ -276,6 +276,11 @@ func (b *builder) mmdebstrap(ctx context.Context, target, mirror string, pkgs []
 		b.spec.Suite, target, mirror,
 	}
 	cmd := exec.CommandContext(ctx, "mmdebstrap", args...)
+	// mmdebstrap makes a bit-identical tree for the same packages when
+	// SOURCE_DATE_EPOCH is set (it clamps times and drops logs and caches
+	// that record the moment). A constant, not the build's epoch: the tree
+	// is cached across builds.
+	cmd.Env = append(withoutEnv(os.Environ(), "SOURCE_DATE_EPOCH"), fmt.Sprintf("SOURCE_DATE_EPOCH=%d", BaseEpoch))
 	// One writer for both streams: exec then serialises the writes (a
 	// bytes.Buffer as Stdout is filled with ReadFrom, which would drop what
 	// another goroutine wrote to it meanwhile).

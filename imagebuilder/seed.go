@@ -3,6 +3,7 @@ package imagebuilder
 import (
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 
 	diskfs "github.com/diskfs/go-diskfs"
@@ -14,7 +15,7 @@ import (
 )
 
 // MakeSeed writes an ISO9660 volume labelled DEBVISOR-SEED holding the
-// preseed (as preseed.yaml) and the PKI files it names. Attach it to a VM
+// preseed (as preseed.yaml) and the files it names (PKI, a cluster CA). Attach it to a VM
 // or write it to a USB stick; firstboot applies it. The ISO is written to a
 // temporary name and renamed, so a failure leaves nothing at out.
 func MakeSeed(preseedFile, out string) error {
@@ -28,15 +29,13 @@ func MakeSeed(preseedFile, out string) error {
 	}
 	files := map[string][]byte{osimage.SeedFile: data}
 	size := int64(len(data))
-	if p.PKI != nil {
-		for _, f := range []string{p.PKI.CA, p.PKI.Cert, p.PKI.Key} {
-			c, err := os.ReadFile(filepath.Join(filepath.Dir(preseedFile), f))
-			if err != nil {
-				return fmt.Errorf("seed: pki: %w", err)
-			}
-			files[filepath.ToSlash(f)] = c
-			size += int64(len(c))
+	for _, f := range p.SeedFiles() {
+		c, err := os.ReadFile(filepath.Join(filepath.Dir(preseedFile), f))
+		if err != nil {
+			return fmt.Errorf("seed: %w", err)
 		}
+		files[filepath.ToSlash(f)] = c
+		size += int64(len(c))
 	}
 	tmp := out + partialSf
 	os.Remove(tmp)
@@ -63,7 +62,7 @@ func MakeSeed(preseedFile, out string) error {
 		return fmt.Errorf("seed: %w", err)
 	}
 	for _, name := range sortedKeys(files) {
-		if err := fsWrite(fs, name, files[name]); err != nil {
+		if err := isoWrite(fs, name, files[name]); err != nil {
 			return fmt.Errorf("seed: write %s: %w", name, err)
 		}
 	}
@@ -79,4 +78,22 @@ func MakeSeed(preseedFile, out string) error {
 	}
 	ok = true
 	return nil
+}
+
+// isoWrite adds one file to the ISO9660 volume being built.
+func isoWrite(fs filesystem.FileSystem, name string, data []byte) error {
+	if dir := path.Dir(name); dir != "." {
+		if err := fs.Mkdir("/" + dir); err != nil {
+			return err
+		}
+	}
+	f, err := fs.OpenFile("/"+name, os.O_CREATE|os.O_RDWR)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/goccy/go-yaml/ast"
 	"github.com/goccy/go-yaml/parser"
 
+	"github.com/debvisor/debvisor/api/rules"
 	"github.com/debvisor/debvisor/osimage"
 )
 
@@ -41,6 +42,11 @@ var RequiredPackages = []string{
 	"ca-certificates", "cloud-guest-utils", "dbus", "e2fsprogs", "fdisk",
 	"initramfs-tools", "iproute2", "kmod", "kmscon", "linux-image-amd64",
 	"openssh-server", "systemd", "systemd-sysv", "udev", "util-linux",
+	// The hypervisor: libvirtd with its QEMU driver, QEMU/KVM, UEFI
+	// firmware for guests, qemu-img, and virsh for the operator at the
+	// console.
+	"libvirt-daemon-system", "libvirt-daemon-driver-qemu", "libvirt-clients",
+	"qemu-system-x86", "qemu-utils", "ovmf",
 }
 
 // Size is a byte count written in specs as "512MiB", "1GiB", "1G" (binary
@@ -52,38 +58,21 @@ const (
 	GiB Size = 1 << 30
 )
 
-var sizeRE = regexp.MustCompile(`^([0-9]+)\s*([KMGT]i?B?|B)?$`)
-
-// ParseSize parses a Size.
+// ParseSize parses a Size with the API's size rules (rules.ParseSize):
+// "512MiB", "1GiB", "1G" or a plain number of bytes. A spec lays out a
+// disk, so fractions ("1.5GiB") are refused rather than rounded.
 func ParseSize(s string) (Size, error) {
-	m := sizeRE.FindStringSubmatch(strings.TrimSpace(s))
-	if m == nil {
-		return 0, fmt.Errorf("%q is not a size (want e.g. 512MiB, 1GiB)", s)
+	if strings.Contains(s, ".") {
+		return 0, fmt.Errorf("%q: sizes in a spec are whole numbers (e.g. 1536MiB, not 1.5GiB)", s)
 	}
-	n, err := strconv.ParseInt(m[1], 10, 64)
+	n, err := rules.ParseSize(s)
 	if err != nil {
-		return 0, fmt.Errorf("%q: %w", s, err)
-	}
-	shift := map[byte]uint{'K': 10, 'M': 20, 'G': 30, 'T': 40}
-	if m[2] != "" && m[2] != "B" {
-		sh := shift[m[2][0]]
-		if n > (1<<62)>>sh {
-			return 0, fmt.Errorf("%q is too large", s)
-		}
-		n <<= sh
+		return 0, err
 	}
 	return Size(n), nil
 }
 
-func (s Size) String() string {
-	switch {
-	case s != 0 && s%GiB == 0:
-		return fmt.Sprintf("%dGiB", s/GiB)
-	case s != 0 && s%MiB == 0:
-		return fmt.Sprintf("%dMiB", s/MiB)
-	}
-	return strconv.FormatInt(int64(s), 10)
-}
+func (s Size) String() string { return rules.FormatSize(int64(s)) }
 
 // UnmarshalYAML accepts strings and integers.
 func (s *Size) UnmarshalYAML(b []byte) error {
@@ -301,8 +290,10 @@ func (s *Spec) validate() []*SpecError {
 		}
 		seen[p] = true
 	}
-	if s.Hostname != "" && !validHostname(s.Hostname) {
-		bad("hostname", "%q is not a valid host name", s.Hostname)
+	if s.Hostname != "" {
+		if err := rules.CheckHostname(s.Hostname); err != nil {
+			bad("hostname", "%v", err)
+		}
 	}
 	users := map[string]bool{}
 	for i, u := range s.Users {
@@ -391,7 +382,7 @@ func (s *Spec) validate() []*SpecError {
 
 // espSizeOK reports whether go-diskfs formats a FAT32 of this size that
 // fsck.vfat accepts. go-diskfs v1.9.4 sizes the FAT two entries short at
-// some sizes (DESIGN.md); the rule below reproduces its arithmetic and is
+// some sizes (docs/architecture.md, "go-diskfs"); the rule below reproduces its arithmetic and is
 // checked against fsck.vfat by TestESPSizes.
 func espSizeOK(size Size) bool {
 	for _, b := range badESPSizesMiB {
@@ -411,19 +402,6 @@ func (s *Spec) resolve(p string) string {
 		return p
 	}
 	return filepath.Join(s.dir, p)
-}
-
-func validHostname(h string) bool {
-	if len(h) > 63 {
-		return false
-	}
-	for i, r := range h {
-		ok := r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || (r == '-' && i > 0 && i < len(h)-1)
-		if !ok {
-			return false
-		}
-	}
-	return h != ""
 }
 
 // AllPackages returns the sorted package set: required plus the spec's.

@@ -1,17 +1,13 @@
 package imagebuilder_test
 
 import (
-	"bytes"
-	"fmt"
-	"os"
-	"os/exec"
+	"context"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/debvisor/debvisor/imagebuilder"
+	"github.com/debvisor/debvisor/internal/qemu"
 )
 
 type vmConfig struct {
@@ -23,8 +19,8 @@ type vmConfig struct {
 	// Firmware is "uefi" (the default: OVMF, always TCG) or "bios"
 	// (SeaBIOS, QEMU's default firmware).
 	Firmware string
-	// Accel for BIOS boots: "" picks KVM when imagebuilder.KVMForBIOS says
-	// it runs the BIOS path in hardware, else TCG; "kvm" or "tcg" force one.
+	// Accel for BIOS boots: "" picks KVM when qemu.KVMForBIOS says it runs
+	// the BIOS path in hardware, else TCG; "kvm" or "tcg" force one.
 	Accel string
 	// CPU is QEMU's -cpu model; "" keeps QEMU's default.
 	CPU string
@@ -38,52 +34,29 @@ type vmConfig struct {
 	DebugCon string
 }
 
-// firmwareArgs returns QEMU's machine, accelerator and firmware arguments
-// and the accelerator used. OVMF stops with a KVM emulation failure on the
-// development machines (DESIGN.md), so UEFI always runs under TCG; the BIOS
-// path runs under KVM where KVM executes it in hardware.
-func firmwareArgs(t testing.TB, dir string, cfg vmConfig) ([]string, string) {
+// vm is one QEMU guest (internal/qemu) booting a copy-on-write overlay of
+// the image, with the test's helpers around it.
+type vm struct {
+	t       testing.TB
+	m       *qemu.Machine
+	apiPort int
+	sshKey  string
+	accel   qemu.Accel
+}
+
+// firmware maps the tests' choice to the runner's: "" means UEFI here
+// (OVMF, which always runs under TCG: it stops with a KVM emulation failure
+// on the development machines, see docs/architecture.md).
+func firmware(t testing.TB, cfg vmConfig) qemu.Firmware {
 	t.Helper()
 	switch cfg.Firmware {
 	case "", "uefi":
-		return machineArgs(t, dir, imagebuilder.FirmwareUEFI, "tcg"), "tcg"
+		return qemu.FirmwareUEFI
 	case "bios":
-		// No -bios and no pflash: QEMU loads its bundled SeaBIOS.
-		kvm, why := imagebuilder.KVMForBIOS()
-		switch {
-		case cfg.Accel == "kvm":
-			if _, err := os.Stat("/dev/kvm"); err != nil {
-				t.Fatalf("KVM requested: %v", err)
-			}
-			if !kvm {
-				t.Logf("KVM forced although %s", why)
-			}
-			return machineArgs(t, dir, imagebuilder.FirmwareBIOS, "kvm"), "kvm"
-		case cfg.Accel == "" && kvm:
-			return machineArgs(t, dir, imagebuilder.FirmwareBIOS, "kvm"), "kvm"
-		case cfg.Accel == "" || cfg.Accel == "tcg":
-			if cfg.Accel == "" {
-				t.Logf("BIOS boot under TCG: %s", why)
-			}
-			return machineArgs(t, dir, imagebuilder.FirmwareBIOS, "tcg"), "tcg"
-		}
-		t.Fatalf("unknown accelerator %q", cfg.Accel)
+		return qemu.FirmwareBIOS
 	}
 	t.Fatalf("unknown firmware %q (want uefi or bios)", cfg.Firmware)
-	return nil, ""
-}
-
-// vm is one QEMU guest booting a copy-on-write overlay of the image.
-type vm struct {
-	t                testing.TB
-	dir              string
-	cmd              *exec.Cmd
-	serial           string
-	sshPort, apiPort int
-	sshKey           string
-	accel            string // "kvm" or "tcg"
-	exited           chan error
-	stopped          bool
+	return ""
 }
 
 func startVM(t testing.TB, image string, cfg vmConfig, sshKey string) *vm {
@@ -91,46 +64,40 @@ func startVM(t testing.TB, image string, cfg vmConfig, sshKey string) *vm {
 	requireTools(t, "qemu-system-x86_64", "qemu-img")
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.qcow2")
-	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image, disk, cfg.DiskSize)
-	fw, accel := firmwareArgs(t, dir, cfg)
-	v := &vm{t: t, dir: dir, serial: filepath.Join(dir, "serial.log"), sshKey: sshKey, exited: make(chan error, 1), accel: accel}
-	args := append(fw, "-m", "1536", "-smp", "2",
-		"-drive", "file="+disk+",if=virtio,format=qcow2",
-		"-serial", "file:"+v.serial,
-		"-display", "none", "-monitor", "none",
-	)
-	if cfg.CPU != "" {
-		args = append(args, "-cpu", cfg.CPU)
+	if err := qemu.Overlay(context.Background(), image, disk, cfg.DiskSize); err != nil {
+		t.Fatal(err)
 	}
-	if cfg.Kernel != "" {
-		args = append(args, "-kernel", cfg.Kernel, "-append", cfg.Append)
-		if cfg.Initrd != "" {
-			args = append(args, "-initrd", cfg.Initrd)
-		}
-	}
-	if cfg.DebugCon != "" {
-		args = append(args, "-chardev", "file,id=debugcon,path="+cfg.DebugCon, "-device", "isa-debugcon,iobase=0x402,chardev=debugcon")
+	qc := qemu.Config{
+		Dir: dir, Firmware: firmware(t, cfg), Accel: qemu.Accel(cfg.Accel), MemoryMiB: 1536, CPUs: 2, CPU: cfg.CPU,
+		Drives:  []qemu.Drive{{File: disk, Format: "qcow2"}},
+		Network: cfg.Network,
+		Kernel:  cfg.Kernel, Initrd: cfg.Initrd, Append: cfg.Append, DebugCon: cfg.DebugCon,
 	}
 	if cfg.Seed != "" {
-		args = append(args, "-drive", "file="+cfg.Seed+",if=virtio,format=raw,readonly=on")
+		qc.Drives = append(qc.Drives, qemu.Drive{File: cfg.Seed, Format: "raw", ReadOnly: true})
 	}
+	v := &vm{t: t, sshKey: sshKey}
 	if cfg.Network {
-		v.sshPort, v.apiPort = freePort(t), freePort(t)
-		args = append(args, "-nic", fmt.Sprintf("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:22,hostfwd=tcp:127.0.0.1:%d-:7443", v.sshPort, v.apiPort))
-	} else {
-		args = append(args, "-nic", "none")
+		v.apiPort = freePort(t)
+		qc.Forwards = []qemu.Forward{{Host: freePort(t), Guest: 22}, {Host: v.apiPort, Guest: qemu.AgentPort}}
 	}
-	v.cmd = exec.Command("qemu-system-x86_64", args...)
-	var stderr bytes.Buffer
-	v.cmd.Stderr = &stderr
-	if err := v.cmd.Start(); err != nil {
+	m, err := qemu.Start(context.Background(), qc)
+	if err != nil {
 		t.Fatalf("start qemu: %v", err)
 	}
-	go func() { v.exited <- v.cmd.Wait() }()
+	v.m, v.accel = m, m.Accel()
+	if m.Firmware() == qemu.FirmwareBIOS {
+		switch {
+		case cfg.Accel == "kvm" && m.AccelReason() != "":
+			t.Logf("KVM forced although %s", m.AccelReason())
+		case cfg.Accel == "" && m.Accel() == qemu.AccelTCG:
+			t.Logf("BIOS boot under TCG: %s", m.AccelReason())
+		}
+	}
 	t.Cleanup(func() {
 		v.stop()
 		if t.Failed() {
-			t.Logf("qemu stderr:\n%s", stderr.String())
+			t.Logf("qemu stderr:\n%s", m.Stderr())
 			t.Logf("serial console (last 6000 bytes):\n%s", tail(v.console(), 6000))
 		}
 	})
@@ -139,22 +106,21 @@ func startVM(t testing.TB, image string, cfg vmConfig, sshKey string) *vm {
 
 // stop ends QEMU (idempotent).
 func (v *vm) stop() {
-	if v.stopped {
-		return
-	}
-	v.stopped = true
-	v.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-v.exited:
-		v.exited <- err
-	case <-time.After(10 * time.Second):
-		v.cmd.Process.Kill()
+	if err := v.m.Stop(); err != nil {
+		v.t.Log(err)
 	}
 }
 
-func (v *vm) console() string {
-	b, _ := os.ReadFile(v.serial)
-	return string(b)
+func (v *vm) console() string { return v.m.Console() }
+
+// exited reports whether QEMU is gone, and how.
+func (v *vm) exited() (bool, error) {
+	select {
+	case <-v.m.Done():
+		return true, v.m.Err()
+	default:
+		return false, nil
+	}
 }
 
 func tail(s string, n int) string {
@@ -168,28 +134,16 @@ func tail(s string, n int) string {
 // QEMU exits.
 func (v *vm) waitConsole(d time.Duration, text string) {
 	v.t.Helper()
-	deadline := time.Now().Add(d)
-	for !strings.Contains(v.console(), text) {
-		select {
-		case err := <-v.exited:
-			v.exited <- err
-			v.t.Fatalf("qemu exited (%v) before the console showed %q", err, text)
-		default:
-		}
-		if time.Now().After(deadline) {
-			v.t.Fatalf("timed out after %s waiting for %q on the serial console", d, text)
-		}
-		time.Sleep(time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if err := v.m.WaitConsole(ctx, text); err != nil {
+		v.t.Fatalf("after up to %s: %v", d, err)
 	}
 }
 
 // ssh runs a command in the guest as root over the forwarded port.
 func (v *vm) ssh(command string) (string, error) {
-	cmd := exec.Command("ssh", "-i", v.sshKey, "-p", fmt.Sprint(v.sshPort),
-		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-		"-o", "ConnectTimeout=10", "-o", "BatchMode=yes", "root@127.0.0.1", command)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	return v.m.SSH(context.Background(), v.sshKey, command)
 }
 
 func (v *vm) mustSSH(command string) string {
@@ -201,33 +155,16 @@ func (v *vm) mustSSH(command string) string {
 	return strings.TrimSpace(out)
 }
 
-// waitSSH waits until the guest accepts SSH.
+// waitSSH waits until the guest accepts SSH, failing early if QEMU exits.
 func (v *vm) waitSSH(d time.Duration) {
 	v.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		if _, err := v.ssh("true"); err == nil {
-			return
-		}
-		select {
-		case err := <-v.exited:
-			v.exited <- err
-			v.t.Fatalf("qemu exited (%v) before SSH came up", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			v.t.Fatalf("timed out after %s waiting for SSH", d)
-		}
-		time.Sleep(3 * time.Second)
-	}
-}
-
-// machineArgs is imagebuilder.QEMUMachineArgs, failing the test on error.
-func machineArgs(t testing.TB, dir, firmware, accel string) []string {
-	t.Helper()
-	args, err := imagebuilder.QEMUMachineArgs(dir, firmware, accel)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	err := v.m.WaitFor(ctx, 3*time.Second, "SSH", func(ctx context.Context) error {
+		_, err := v.ssh("true")
+		return err
+	})
 	if err != nil {
-		t.Fatal(err)
+		v.t.Fatalf("after up to %s: %v", d, err)
 	}
-	return args
 }

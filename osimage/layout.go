@@ -1,8 +1,8 @@
 // Package osimage owns the on-disk contracts shared by the image builder
 // (which writes them) and the node agent (which reads and updates them): the
 // partition layout and labels, slot names, the kernel command-line keys, the
-// GRUB environment block with its boot counters, the preseed format and the
-// build manifest. It imports neither side.
+// ESP paths, the preseed format and the build manifest. The GRUB environment
+// block with its boot counters is boot/bootenv's. It imports neither side.
 package osimage
 
 import (

@@ -17,6 +17,13 @@ type Manifest struct {
 	SpecDigest string `json:"spec_digest"`
 	// SourceDateEpoch is the timestamp every file in the image carries.
 	SourceDateEpoch int64 `json:"source_date_epoch"`
+	// Architecture is the Debian/Go architecture name of the image
+	// ("amd64"). Manifests written before it was recorded omit it; they
+	// were all amd64.
+	Architecture string `json:"architecture,omitempty"`
+	// Kernel is the kernel release in the slot ("6.1.0-40-amd64"), the
+	// target of /boot/vmlinuz.
+	Kernel string `json:"kernel,omitempty"`
 	// DiskSize is the raw image size in bytes.
 	DiskSize int64 `json:"disk_size"`
 	// DiskGUID is the GPT disk GUID.

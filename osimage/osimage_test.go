@@ -1,7 +1,6 @@
 package osimage
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 )
@@ -39,101 +38,6 @@ func TestSlotContract(t *testing.T) {
 	}
 	if _, err := ParseSlot("c"); err == nil {
 		t.Fatal("ParseSlot accepted c")
-	}
-}
-
-func TestBootEnvRoundTrip(t *testing.T) {
-	e := NewBootEnv()
-	e.Set("custom", "kept")
-	b, err := e.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(b) != EnvBlockSize || !bytes.HasPrefix(b, []byte("# GRUB Environment Block\n")) {
-		t.Fatalf("bad block: %q", b[:64])
-	}
-	want := "# GRUB Environment Block\nA_OK=1\nA_TRY=0\nB_OK=0\nB_TRY=0\nORDER=A B\ncustom=kept\n#"
-	if !bytes.HasPrefix(b, []byte(want)) {
-		t.Fatalf("block = %q, want prefix %q", b[:len(want)], want)
-	}
-	e2, err := ParseBootEnv(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e2.Get("custom") != "kept" || e2.Get(EnvOrder) != "A B" {
-		t.Fatalf("round trip lost variables: %v", e2.vars)
-	}
-}
-
-func TestNextBoot(t *testing.T) {
-	tests := []struct {
-		name         string
-		order        []Slot
-		aOK, aTry    bool
-		bOK, bTry    bool
-		want         Slot
-		wantFallback bool
-	}{
-		{"fresh image", []Slot{SlotA, SlotB}, true, false, false, false, SlotA, false},
-		{"B upgraded and preferred", []Slot{SlotB, SlotA}, true, false, true, false, SlotB, false},
-		{"B tried without commit falls back to A", []Slot{SlotB, SlotA}, true, false, true, true, SlotA, false},
-		{"all tried boots first OK", []Slot{SlotA, SlotB}, true, true, false, false, SlotA, true},
-		{"nothing bootable", []Slot{SlotA, SlotB}, false, false, false, false, SlotA, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			e := NewBootEnv()
-			e.SetOrder(tt.order)
-			e.SetSlot(SlotA, tt.aOK, tt.aTry)
-			e.SetSlot(SlotB, tt.bOK, tt.bTry)
-			got, fb := e.NextBoot()
-			if got != tt.want || fb != tt.wantFallback {
-				t.Fatalf("NextBoot = %s,%v want %s,%v", got, fb, tt.want, tt.wantFallback)
-			}
-		})
-	}
-}
-
-func TestReadBootEnvCopies(t *testing.T) {
-	good, _ := NewBootEnv().Marshal()
-	other := NewBootEnv()
-	other.SetSlot(SlotA, true, true)
-	tried, _ := other.Marshal()
-	damaged := bytes.Repeat([]byte{0}, EnvBlockSize)
-	tests := []struct {
-		name                 string
-		primary, backup      []byte
-		wantPrimary, wantBak bool
-		wantErr              bool
-		wantATry             string
-	}{
-		{"both good", good, good, false, false, false, "0"},
-		{"backup stale", tried, good, false, true, false, "1"},
-		{"primary damaged", damaged, tried, true, false, false, "1"},
-		{"backup truncated", good, good[:100], false, true, false, "0"},
-		{"both damaged", damaged, nil, false, false, true, ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c, err := ReadBootEnvCopies(tt.primary, tt.backup)
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("err = %v", err)
-			}
-			if err != nil {
-				return
-			}
-			if c.RepairPrimary != tt.wantPrimary || c.RepairBackup != tt.wantBak || c.Env.Get("A_TRY") != tt.wantATry {
-				t.Fatalf("got %+v A_TRY=%s", c, c.Env.Get("A_TRY"))
-			}
-		})
-	}
-}
-
-func TestBootEnvTooLarge(t *testing.T) {
-	e := NewBootEnv()
-	e.Set("big", strings.Repeat("x", EnvBlockSize))
-	if _, err := e.Marshal(); err == nil {
-		t.Fatal("oversized block accepted")
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/goccy/go-yaml"
+
+	"github.com/debvisor/debvisor/api/rules"
 )
 
 // A preseed configures a node on its first boot. firstboot looks for it on a
@@ -49,6 +51,8 @@ type Preseed struct {
 	// Files are written as given (absolute paths, under /etc or /var only:
 	// the rest of the system is the read-only slot).
 	Files []PreseedFile `yaml:"files"`
+	// Cluster makes the node bootstrap a cluster or join one on first boot.
+	Cluster *ClusterEnrollment `yaml:"cluster"`
 }
 
 // PreseedPKI names the node certificate material, relative to the preseed.
@@ -77,6 +81,20 @@ func (f PreseedFile) FileMode() (uint32, error) {
 	return uint32(m), nil
 }
 
+// SeedFiles lists the files the preseed names (relative to it) that must
+// travel with it on the seed volume or the ESP: the node PKI and a cluster
+// CA made beforehand.
+func (p *Preseed) SeedFiles() []string {
+	var out []string
+	if p.PKI != nil {
+		out = append(out, p.PKI.CA, p.PKI.Cert, p.PKI.Key)
+	}
+	if p.Cluster != nil && p.Cluster.CA != "" {
+		out = append(out, p.Cluster.CA, p.Cluster.CAKey)
+	}
+	return out
+}
+
 // ParsePreseed parses and validates a preseed, refusing unknown keys.
 func ParsePreseed(data []byte) (*Preseed, error) {
 	var p Preseed
@@ -96,14 +114,21 @@ func (p *Preseed) Validate() error {
 	if p.Version != PreseedVersion {
 		errs = append(errs, fmt.Errorf("version: %d is not supported (want %d)", p.Version, PreseedVersion))
 	}
-	if p.Hostname != "" && !validHostname(p.Hostname) {
-		errs = append(errs, fmt.Errorf("hostname: %q is not a valid host name", p.Hostname))
+	if p.Hostname != "" {
+		if err := rules.CheckHostname(p.Hostname); err != nil {
+			errs = append(errs, fmt.Errorf("hostname: %w", err))
+		}
 	}
 	if p.PKI != nil {
 		for field, v := range map[string]string{"pki.ca": p.PKI.CA, "pki.cert": p.PKI.Cert, "pki.key": p.PKI.Key} {
 			if v == "" || path.IsAbs(v) || strings.Contains(v, "..") {
 				errs = append(errs, fmt.Errorf("%s: want a file name relative to the preseed, got %q", field, v))
 			}
+		}
+	}
+	if p.Cluster != nil {
+		if err := p.Cluster.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: %w", err))
 		}
 	}
 	for i, f := range p.Files {
@@ -116,17 +141,4 @@ func (p *Preseed) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func validHostname(h string) bool {
-	if len(h) > 63 || h == "" {
-		return false
-	}
-	for i, r := range h {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || (r == '-' && i > 0 && i < len(h)-1)
-		if !ok {
-			return false
-		}
-	}
-	return true
 }

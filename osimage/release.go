@@ -10,6 +10,14 @@ import (
 // root, what was built; inspect and the agent read it (path relative to /).
 const ReleaseFile = "usr/lib/debvisor/release"
 
+// SlotCmdlineFile is the GRUB script fragment each slot carries with its
+// own kernel arguments (`set slot_cmdline="..."`): grub.cfg sources it from
+// the slot it boots, so an upgrade brings its command line with it.
+const SlotCmdlineFile = "boot/debvisor/cmdline.cfg"
+
+// Arch is the only architecture DebVisor builds (Debian's name).
+const Arch = "amd64"
+
 // Release is the content of ReleaseFile: KEY=value lines.
 type Release struct {
 	// Version is the DebVisor OS version the spec declared.
@@ -18,11 +26,18 @@ type Release struct {
 	SpecDigest string
 	// SourceDateEpoch is the build's timestamp (seconds since 1970).
 	SourceDateEpoch int64
+	// Arch is the Debian architecture of the slot ("amd64"); empty in
+	// slots built before it was recorded.
+	Arch string
 }
 
 // Marshal renders the release file.
 func (r Release) Marshal() []byte {
-	return fmt.Appendf(nil, "VERSION=%s\nSPEC_DIGEST=%s\nSOURCE_DATE_EPOCH=%d\n", r.Version, r.SpecDigest, r.SourceDateEpoch)
+	b := fmt.Appendf(nil, "VERSION=%s\nSPEC_DIGEST=%s\nSOURCE_DATE_EPOCH=%d\n", r.Version, r.SpecDigest, r.SourceDateEpoch)
+	if r.Arch != "" {
+		b = fmt.Appendf(b, "ARCH=%s\n", r.Arch)
+	}
+	return b
 }
 
 // ParseRelease reads a release file. Unknown keys are ignored (later
@@ -43,6 +58,8 @@ func ParseRelease(data []byte) (Release, error) {
 			r.Version = v
 		case "SPEC_DIGEST":
 			r.SpecDigest = v
+		case "ARCH":
+			r.Arch = v
 		case "SOURCE_DATE_EPOCH":
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil {

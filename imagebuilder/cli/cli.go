@@ -18,6 +18,7 @@ import (
 
 	"github.com/debvisor/debvisor/imagebuilder"
 	"github.com/debvisor/debvisor/internal/buildinfo"
+	"github.com/debvisor/debvisor/internal/qemu"
 )
 
 // Main runs debvisor-image and returns the exit code.
@@ -42,13 +43,15 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newBuild(stdout, stderr), newInspect(stdout), newDefaultSpec(stdout), newSeed(stdout), newQuickstart(stdout))
+	root.AddCommand(newBuild(stdout, stderr), newInspect(stdout), newDefaultSpec(stdout), newSeed(stdout), newQuickstart(stdout),
+		newPush(stdout, stderr), newPull(stdout, stderr), newSign(stdout, stderr), newVerify(stdout, stderr), newKeygen(stdout))
 	return root
 }
 
 func newBuild(stdout, stderr io.Writer) *cobra.Command {
 	var out, progress, cache, agent, dvctl, logLevel string
 	var noQcow bool
+	var push pushFlags
 	cmd := &cobra.Command{
 		Use:   "build [SPEC] -o DIR",
 		Short: "Build raw and qcow2 images and a manifest from a spec (the embedded default without SPEC)",
@@ -56,6 +59,9 @@ func newBuild(stdout, stderr io.Writer) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {
 				return errors.New("-o DIR is required")
+			}
+			if err := push.check(); err != nil {
+				return err
 			}
 			spec, err := loadSpec(args)
 			if err != nil {
@@ -93,6 +99,9 @@ func newBuild(stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if push.ref != "" {
+				return push.run(cmd.Context(), out, progress, logLevel, stdout, stderr)
+			}
 			if mode == imagebuilder.ProgressJSON {
 				return json.NewEncoder(stdout).Encode(res.Manifest)
 			}
@@ -112,6 +121,7 @@ func newBuild(stdout, stderr io.Writer) *cobra.Command {
 	f.StringVar(&dvctl, "dvctl-bin", "", "dvctl binary to bake in (default: next to debvisor-image)")
 	f.StringVar(&logLevel, "log-level", "warn", "debug shows every tool's output")
 	f.BoolVar(&noQcow, "no-qcow2", false, "skip the qcow2 output")
+	push.add(f)
 	return cmd
 }
 
@@ -122,7 +132,7 @@ func newInspect(stdout io.Writer) *cobra.Command {
 		Short: "Show an image's partitions, slots and boot state and verify every filesystem; non-zero exit on any inconsistency",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rep, err := imagebuilder.Inspect(args[0])
+			rep, err := imagebuilder.Inspect(cmd.Context(), args[0])
 			if rep != nil {
 				if asJSON {
 					enc := json.NewEncoder(stdout)
@@ -195,7 +205,7 @@ func newQuickstart(stdout io.Writer) *cobra.Command {
 	f.IntVar(&c.APIPort, "api-port", 0, "loopback port forwarded to the agent's gRPC 7443 (0: any free)")
 	f.StringVar(&c.DiskSize, "disk-size", "8G", "virtual disk size (the data partition grows into it)")
 	f.DurationVar(&c.Timeout, "timeout", 10*time.Minute, "how long to wait for the agent")
-	f.StringVar(&c.Firmware, "firmware", imagebuilder.FirmwareAuto,
+	f.StringVar(&c.Firmware, "firmware", string(qemu.FirmwareAuto),
 		"auto (SeaBIOS under KVM when KVM runs the BIOS path in hardware, else OVMF under TCG), bios (SeaBIOS) or uefi (OVMF, always TCG)")
 	return cmd
 }
