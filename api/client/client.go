@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -38,6 +40,9 @@ type Config struct {
 	// ServerName overrides the name checked against the node certificate
 	// (default: the endpoint's host).
 	ServerName string
+	// Node, when set, asks the agent at Endpoint to forward every call to
+	// the cluster member of that name (metadata v1.NodeMetadataKey).
+	Node string
 }
 
 // IsLocal reports whether the endpoint is the unix socket.
@@ -50,13 +55,14 @@ type Client struct {
 	Operations v1.OperationServiceClient
 	VMs        v1.VMServiceClient
 	Storage    v1.StorageServiceClient
+	Cluster    v1.ClusterServiceClient
 }
 
 // New connects lazily: errors such as a refused certificate surface on the
 // first call, with the agent's explanation.
 func New(cfg Config) (*Client, error) {
 	if cfg.Endpoint == "" {
-		return nil, errors.New("no endpoint: pass --node HOST:PORT, set DEBVISOR_ENDPOINT, or select a dvctl context")
+		return nil, errors.New("no endpoint: pass --endpoint HOST:PORT, set DEBVISOR_ENDPOINT, or select a dvctl context")
 	}
 	var (
 		opts   []grpc.DialOption
@@ -79,6 +85,21 @@ func New(cfg Config) (*Client, error) {
 		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 		target = "passthrough:///" + cfg.Endpoint
 	}
+	// Reconnect quickly after the agent restarts (gRPC's default backs off up to two minutes);
+	// callers retry their calls, and a node's agent is one hop away.
+	opts = append(opts, grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+		MinConnectTimeout: 5 * time.Second,
+	}))
+	if cfg.Node != "" {
+		opts = append(opts,
+			grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
+				return invoker(metadata.AppendToOutgoingContext(ctx, v1.NodeMetadataKey, cfg.Node), method, req, reply, cc, o...)
+			}),
+			grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, o ...grpc.CallOption) (grpc.ClientStream, error) {
+				return streamer(metadata.AppendToOutgoingContext(ctx, v1.NodeMetadataKey, cfg.Node), desc, cc, method, o...)
+			}))
+	}
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", cfg.Endpoint, err)
@@ -89,6 +110,7 @@ func New(cfg Config) (*Client, error) {
 		Operations: v1.NewOperationServiceClient(conn),
 		VMs:        v1.NewVMServiceClient(conn),
 		Storage:    v1.NewStorageServiceClient(conn),
+		Cluster:    v1.NewClusterServiceClient(conn),
 	}, nil
 }
 

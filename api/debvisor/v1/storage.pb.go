@@ -385,7 +385,12 @@ type CreatePoolRequest struct {
 	// format_source is set, vgcreate for logical).
 	Build bool `protobuf:"varint,2,opt,name=build,proto3" json:"build,omitempty"`
 	// With build: format the source devices (fs: mkfs; logical: pvcreate).
-	FormatSource  bool `protobuf:"varint,3,opt,name=format_source,json=formatSource,proto3" json:"format_source,omitempty"`
+	FormatSource bool `protobuf:"varint,3,opt,name=format_source,json=formatSource,proto3" json:"format_source,omitempty"`
+	// Makes the create safe to retry after a lost answer while the agent
+	// runs: a CreatePool with the request_id of an earlier one (same
+	// request) returns that operation instead of starting another. Same rules
+	// as CreateVMRequest.request_id, but remembered in memory only.
+	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -439,6 +444,13 @@ func (x *CreatePoolRequest) GetFormatSource() bool {
 		return x.FormatSource
 	}
 	return false
+}
+
+func (x *CreatePoolRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type GetPoolRequest struct {
@@ -736,7 +748,10 @@ type CreateVolumeRequest struct {
 	// ("registry/repo:tag" or "...@sha256:..."). Empty: a blank volume.
 	OciReference string `protobuf:"bytes,2,opt,name=oci_reference,json=ociReference,proto3" json:"oci_reference,omitempty"`
 	// Use plain HTTP for the registry (test and lab registries).
-	OciInsecure   bool `protobuf:"varint,3,opt,name=oci_insecure,json=ociInsecure,proto3" json:"oci_insecure,omitempty"`
+	OciInsecure bool `protobuf:"varint,3,opt,name=oci_insecure,json=ociInsecure,proto3" json:"oci_insecure,omitempty"`
+	// Makes the create safe to retry after a lost answer while the agent
+	// runs, as CreatePoolRequest.request_id.
+	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -790,6 +805,13 @@ func (x *CreateVolumeRequest) GetOciInsecure() bool {
 		return x.OciInsecure
 	}
 	return false
+}
+
+func (x *CreateVolumeRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type GetVolumeRequest struct {
@@ -1329,11 +1351,13 @@ const file_debvisor_v1_storage_proto_rawDesc = "" +
 	"\x0eSTATE_BUILDING\x10\x02\x12\x11\n" +
 	"\rSTATE_RUNNING\x10\x03\x12\x12\n" +
 	"\x0eSTATE_DEGRADED\x10\x04\x12\x16\n" +
-	"\x12STATE_INACCESSIBLE\x10\x05\"u\n" +
+	"\x12STATE_INACCESSIBLE\x10\x05\"\x94\x01\n" +
 	"\x11CreatePoolRequest\x12%\n" +
 	"\x04pool\x18\x01 \x01(\v2\x11.debvisor.v1.PoolR\x04pool\x12\x14\n" +
 	"\x05build\x18\x02 \x01(\bR\x05build\x12#\n" +
-	"\rformat_source\x18\x03 \x01(\bR\fformatSource\"$\n" +
+	"\rformat_source\x18\x03 \x01(\bR\fformatSource\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\"$\n" +
 	"\x0eGetPoolRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x12\n" +
 	"\x10ListPoolsRequest\"<\n" +
@@ -1356,11 +1380,13 @@ const file_debvisor_v1_storage_proto_rawDesc = "" +
 	"\x12FORMAT_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"FORMAT_RAW\x10\x01\x12\x10\n" +
-	"\fFORMAT_QCOW2\x10\x02\"\x8a\x01\n" +
+	"\fFORMAT_QCOW2\x10\x02\"\xa9\x01\n" +
 	"\x13CreateVolumeRequest\x12+\n" +
 	"\x06volume\x18\x01 \x01(\v2\x13.debvisor.v1.VolumeR\x06volume\x12#\n" +
 	"\roci_reference\x18\x02 \x01(\tR\fociReference\x12!\n" +
-	"\foci_insecure\x18\x03 \x01(\bR\vociInsecure\":\n" +
+	"\foci_insecure\x18\x03 \x01(\bR\vociInsecure\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\":\n" +
 	"\x10GetVolumeRequest\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"(\n" +

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -845,9 +846,18 @@ type VMStatus struct {
 	// Addresses known without waiting (empty when none).
 	Addresses []*VMAddress `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	// Whether the domain uses KVM ("kvm") or emulation ("qemu").
-	Hypervisor    string `protobuf:"bytes,5,opt,name=hypervisor,proto3" json:"hypervisor,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Hypervisor string `protobuf:"bytes,5,opt,name=hypervisor,proto3" json:"hypervisor,omitempty"`
+	// When libvirtd reported this status. GetVM answers from libvirtd; when
+	// libvirtd is slow to answer (a loaded host starting many guests), it
+	// answers from the agent's last description of the VM instead, which any
+	// change since (the agent's own, or a libvirt lifecycle event) would have
+	// discarded; observed_time then lies before the request.
+	ObservedTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=observed_time,json=observedTime,proto3" json:"observed_time,omitempty"`
+	// The request_id of the CreateVM that made this VM; empty for a VM made
+	// without one or outside the agent.
+	CreateRequestId string `protobuf:"bytes,7,opt,name=create_request_id,json=createRequestId,proto3" json:"create_request_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *VMStatus) Reset() {
@@ -911,6 +921,20 @@ func (x *VMStatus) GetAddresses() []*VMAddress {
 func (x *VMStatus) GetHypervisor() string {
 	if x != nil {
 		return x.Hypervisor
+	}
+	return ""
+}
+
+func (x *VMStatus) GetObservedTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ObservedTime
+	}
+	return nil
+}
+
+func (x *VMStatus) GetCreateRequestId() string {
+	if x != nil {
+		return x.CreateRequestId
 	}
 	return ""
 }
@@ -994,7 +1018,18 @@ func (x *VMAddress) GetSource() VMAddress_Source {
 type CreateVMRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name and spec; status is ignored.
-	Vm            *VM `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	Vm *VM `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	// Makes the create safe to retry after a lost answer: 1-64 of
+	// A-Z a-z 0-9 . _ -, fresh for every VM the client means to create (a
+	// UUID). A CreateVM with the request_id of an earlier one, for the same
+	// name and spec, returns that create's operation, or — once the agent no
+	// longer remembers it, e.g. after a restart — a new operation that
+	// finishes the same VM (starts it if it should run); never a second VM
+	// or ALREADY_EXISTS. The same request_id with another name or spec is
+	// INVALID_ARGUMENT. A VM of that name that another request (or anything
+	// outside the agent) made is still ALREADY_EXISTS. Empty: no retry
+	// protection.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1034,6 +1069,13 @@ func (x *CreateVMRequest) GetVm() *VM {
 		return x.Vm
 	}
 	return nil
+}
+
+func (x *CreateVMRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type GetVMRequest struct {
@@ -1616,7 +1658,7 @@ var File_debvisor_v1_vm_proto protoreflect.FileDescriptor
 
 const file_debvisor_v1_vm_proto_rawDesc = "" +
 	"\n" +
-	"\x14debvisor/v1/vm.proto\x12\vdebvisor.v1\x1a\x1bdebvisor/v1/operation.proto\x1a\x1egoogle/protobuf/duration.proto\"p\n" +
+	"\x14debvisor/v1/vm.proto\x12\vdebvisor.v1\x1a\x1bdebvisor/v1/operation.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"p\n" +
 	"\x02VM\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x04spec\x18\x02 \x01(\v2\x13.debvisor.v1.VMSpecR\x04spec\x12-\n" +
@@ -1672,7 +1714,7 @@ const file_debvisor_v1_vm_proto_rawDesc = "" +
 	"KernelBoot\x12\x16\n" +
 	"\x06kernel\x18\x01 \x01(\tR\x06kernel\x12\x16\n" +
 	"\x06initrd\x18\x02 \x01(\tR\x06initrd\x12\x18\n" +
-	"\acmdline\x18\x03 \x01(\tR\acmdline\"\xea\x02\n" +
+	"\acmdline\x18\x03 \x01(\tR\acmdline\"\xd7\x03\n" +
 	"\bVMStatus\x121\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1b.debvisor.v1.VMStatus.StateR\x05state\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12'\n" +
@@ -1680,7 +1722,9 @@ const file_debvisor_v1_vm_proto_rawDesc = "" +
 	"\taddresses\x18\x04 \x03(\v2\x16.debvisor.v1.VMAddressR\taddresses\x12\x1e\n" +
 	"\n" +
 	"hypervisor\x18\x05 \x01(\tR\n" +
-	"hypervisor\"\x97\x01\n" +
+	"hypervisor\x12?\n" +
+	"\robserved_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\fobservedTime\x12*\n" +
+	"\x11create_request_id\x18\a \x01(\tR\x0fcreateRequestId\"\x97\x01\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTATE_RUNNING\x10\x01\x12\x11\n" +
@@ -1700,9 +1744,11 @@ const file_debvisor_v1_vm_proto_rawDesc = "" +
 	"\fSOURCE_AGENT\x10\x01\x12\x10\n" +
 	"\fSOURCE_LEASE\x10\x02\x12\x0e\n" +
 	"\n" +
-	"SOURCE_ARP\x10\x03\"2\n" +
+	"SOURCE_ARP\x10\x03\"Q\n" +
 	"\x0fCreateVMRequest\x12\x1f\n" +
-	"\x02vm\x18\x01 \x01(\v2\x0f.debvisor.v1.VMR\x02vm\"\"\n" +
+	"\x02vm\x18\x01 \x01(\v2\x0f.debvisor.v1.VMR\x02vm\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"\"\n" +
 	"\fGetVMRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x10\n" +
 	"\x0eListVMsRequest\"4\n" +
@@ -1795,8 +1841,9 @@ var file_debvisor_v1_vm_proto_goTypes = []any{
 	(*ConsoleOutput)(nil),          // 24: debvisor.v1.ConsoleOutput
 	(*GetVMAddressesRequest)(nil),  // 25: debvisor.v1.GetVMAddressesRequest
 	(*GetVMAddressesResponse)(nil), // 26: debvisor.v1.GetVMAddressesResponse
-	(*durationpb.Duration)(nil),    // 27: google.protobuf.Duration
-	(*Operation)(nil),              // 28: debvisor.v1.Operation
+	(*timestamppb.Timestamp)(nil),  // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 28: google.protobuf.Duration
+	(*Operation)(nil),              // 29: debvisor.v1.Operation
 }
 var file_debvisor_v1_vm_proto_depIdxs = []int32{
 	7,  // 0: debvisor.v1.VM.spec:type_name -> debvisor.v1.VMSpec
@@ -1811,39 +1858,40 @@ var file_debvisor_v1_vm_proto_depIdxs = []int32{
 	3,  // 9: debvisor.v1.NIC.type:type_name -> debvisor.v1.NIC.Type
 	4,  // 10: debvisor.v1.VMStatus.state:type_name -> debvisor.v1.VMStatus.State
 	13, // 11: debvisor.v1.VMStatus.addresses:type_name -> debvisor.v1.VMAddress
-	5,  // 12: debvisor.v1.VMAddress.source:type_name -> debvisor.v1.VMAddress.Source
-	6,  // 13: debvisor.v1.CreateVMRequest.vm:type_name -> debvisor.v1.VM
-	6,  // 14: debvisor.v1.ListVMsResponse.vms:type_name -> debvisor.v1.VM
-	7,  // 15: debvisor.v1.UpdateVMRequest.spec:type_name -> debvisor.v1.VMSpec
-	27, // 16: debvisor.v1.StopVMRequest.timeout:type_name -> google.protobuf.Duration
-	27, // 17: debvisor.v1.GetVMAddressesRequest.wait_timeout:type_name -> google.protobuf.Duration
-	5,  // 18: debvisor.v1.GetVMAddressesRequest.sources:type_name -> debvisor.v1.VMAddress.Source
-	13, // 19: debvisor.v1.GetVMAddressesResponse.addresses:type_name -> debvisor.v1.VMAddress
-	14, // 20: debvisor.v1.VMService.CreateVM:input_type -> debvisor.v1.CreateVMRequest
-	15, // 21: debvisor.v1.VMService.GetVM:input_type -> debvisor.v1.GetVMRequest
-	16, // 22: debvisor.v1.VMService.ListVMs:input_type -> debvisor.v1.ListVMsRequest
-	18, // 23: debvisor.v1.VMService.UpdateVM:input_type -> debvisor.v1.UpdateVMRequest
-	19, // 24: debvisor.v1.VMService.StartVM:input_type -> debvisor.v1.StartVMRequest
-	20, // 25: debvisor.v1.VMService.StopVM:input_type -> debvisor.v1.StopVMRequest
-	21, // 26: debvisor.v1.VMService.RebootVM:input_type -> debvisor.v1.RebootVMRequest
-	22, // 27: debvisor.v1.VMService.DeleteVM:input_type -> debvisor.v1.DeleteVMRequest
-	23, // 28: debvisor.v1.VMService.StreamConsole:input_type -> debvisor.v1.StreamConsoleRequest
-	25, // 29: debvisor.v1.VMService.GetVMAddresses:input_type -> debvisor.v1.GetVMAddressesRequest
-	28, // 30: debvisor.v1.VMService.CreateVM:output_type -> debvisor.v1.Operation
-	6,  // 31: debvisor.v1.VMService.GetVM:output_type -> debvisor.v1.VM
-	17, // 32: debvisor.v1.VMService.ListVMs:output_type -> debvisor.v1.ListVMsResponse
-	28, // 33: debvisor.v1.VMService.UpdateVM:output_type -> debvisor.v1.Operation
-	28, // 34: debvisor.v1.VMService.StartVM:output_type -> debvisor.v1.Operation
-	28, // 35: debvisor.v1.VMService.StopVM:output_type -> debvisor.v1.Operation
-	28, // 36: debvisor.v1.VMService.RebootVM:output_type -> debvisor.v1.Operation
-	28, // 37: debvisor.v1.VMService.DeleteVM:output_type -> debvisor.v1.Operation
-	24, // 38: debvisor.v1.VMService.StreamConsole:output_type -> debvisor.v1.ConsoleOutput
-	26, // 39: debvisor.v1.VMService.GetVMAddresses:output_type -> debvisor.v1.GetVMAddressesResponse
-	30, // [30:40] is the sub-list for method output_type
-	20, // [20:30] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	27, // 12: debvisor.v1.VMStatus.observed_time:type_name -> google.protobuf.Timestamp
+	5,  // 13: debvisor.v1.VMAddress.source:type_name -> debvisor.v1.VMAddress.Source
+	6,  // 14: debvisor.v1.CreateVMRequest.vm:type_name -> debvisor.v1.VM
+	6,  // 15: debvisor.v1.ListVMsResponse.vms:type_name -> debvisor.v1.VM
+	7,  // 16: debvisor.v1.UpdateVMRequest.spec:type_name -> debvisor.v1.VMSpec
+	28, // 17: debvisor.v1.StopVMRequest.timeout:type_name -> google.protobuf.Duration
+	28, // 18: debvisor.v1.GetVMAddressesRequest.wait_timeout:type_name -> google.protobuf.Duration
+	5,  // 19: debvisor.v1.GetVMAddressesRequest.sources:type_name -> debvisor.v1.VMAddress.Source
+	13, // 20: debvisor.v1.GetVMAddressesResponse.addresses:type_name -> debvisor.v1.VMAddress
+	14, // 21: debvisor.v1.VMService.CreateVM:input_type -> debvisor.v1.CreateVMRequest
+	15, // 22: debvisor.v1.VMService.GetVM:input_type -> debvisor.v1.GetVMRequest
+	16, // 23: debvisor.v1.VMService.ListVMs:input_type -> debvisor.v1.ListVMsRequest
+	18, // 24: debvisor.v1.VMService.UpdateVM:input_type -> debvisor.v1.UpdateVMRequest
+	19, // 25: debvisor.v1.VMService.StartVM:input_type -> debvisor.v1.StartVMRequest
+	20, // 26: debvisor.v1.VMService.StopVM:input_type -> debvisor.v1.StopVMRequest
+	21, // 27: debvisor.v1.VMService.RebootVM:input_type -> debvisor.v1.RebootVMRequest
+	22, // 28: debvisor.v1.VMService.DeleteVM:input_type -> debvisor.v1.DeleteVMRequest
+	23, // 29: debvisor.v1.VMService.StreamConsole:input_type -> debvisor.v1.StreamConsoleRequest
+	25, // 30: debvisor.v1.VMService.GetVMAddresses:input_type -> debvisor.v1.GetVMAddressesRequest
+	29, // 31: debvisor.v1.VMService.CreateVM:output_type -> debvisor.v1.Operation
+	6,  // 32: debvisor.v1.VMService.GetVM:output_type -> debvisor.v1.VM
+	17, // 33: debvisor.v1.VMService.ListVMs:output_type -> debvisor.v1.ListVMsResponse
+	29, // 34: debvisor.v1.VMService.UpdateVM:output_type -> debvisor.v1.Operation
+	29, // 35: debvisor.v1.VMService.StartVM:output_type -> debvisor.v1.Operation
+	29, // 36: debvisor.v1.VMService.StopVM:output_type -> debvisor.v1.Operation
+	29, // 37: debvisor.v1.VMService.RebootVM:output_type -> debvisor.v1.Operation
+	29, // 38: debvisor.v1.VMService.DeleteVM:output_type -> debvisor.v1.Operation
+	24, // 39: debvisor.v1.VMService.StreamConsole:output_type -> debvisor.v1.ConsoleOutput
+	26, // 40: debvisor.v1.VMService.GetVMAddresses:output_type -> debvisor.v1.GetVMAddressesResponse
+	31, // [31:41] is the sub-list for method output_type
+	21, // [21:31] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_debvisor_v1_vm_proto_init() }

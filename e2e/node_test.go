@@ -1,0 +1,250 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+)
+
+// nodeAgentConfig is the agent config the test nodes get from their
+// preseed: the image's defaults, plus plain HTTP to the test registry
+// (only because the test asks for it) and a commit deadline that keeps a
+// failed upgrade's rollback short.
+const nodeAgentConfig = `state_dir: /var/lib/debvisor
+tls:
+  ca: /etc/debvisor/pki/ca.crt
+  cert: /etc/debvisor/pki/node.crt
+  key: /etc/debvisor/pki/node.key
+libvirt:
+  socket: /var/run/libvirt/libvirt-sock
+  uri: qemu:///system
+storage:
+  pool_roots: [/data/pools]
+  default_pool: default
+upgrade:
+  insecure_http: true
+  commit_deadline: 90s
+`
+
+// TestNodeLifecycle is one DebVisor node's life under QEMU: it boots the
+// built image (first boot, data partition grown, read-only root, the one
+// health report healthy, kmscon on tty1, the default pool), upgrades
+// v1 → v2 from a registry through the API (reboot, health, commit, v1
+// kept), reboots plainly into v2, rejects v3 whose health check fails
+// (automatic rollback with the reason in the slot status) and v4 whose
+// kernel panics (GRUB falls back with no help from userspace).
+func TestNodeLifecycle(t *testing.T) {
+	ctx := context.Background()
+	reg := startRegistry(t)
+	v1img := build(ctx, t, "0.1.0", "")
+	v2 := reg.push(ctx, t, build(ctx, t, "0.2.0", ""))
+	// v3 boots, but libvirtd is masked: the health report fails.
+	v3 := reg.push(ctx, t, build(ctx, t, "0.3.0", "systemd.mask=libvirtd.service systemd.mask=libvirtd.socket"))
+	// v4's init exits at once: the kernel panics (panic=10 reboots).
+	v4 := reg.push(ctx, t, build(ctx, t, "0.4.0", "init=/bin/false"))
+
+	s := newSeed(t, map[string]string{
+		"/etc/debvisor/agent.yaml":       nodeAgentConfig,
+		"/etc/debvisor/keys/release.pub": string(reg.PubPEM),
+	})
+	n := bootNode(ctx, t, v1img.Raw, "8G", s)
+
+	// First boot of v1.
+	if b := n.waitBoots(ctx, 1); b[0].Slot != "A" || b[0].Fallback {
+		t.Fatalf("GRUB's first boot: %+v", b[0])
+	}
+	node := n.waitAgent(ctx)
+	if node.GetBootedSlot() != "A" || node.GetOsVersion() != "0.1.0" {
+		t.Fatalf("node: slot %q version %q", node.GetBootedSlot(), node.GetOsVersion())
+	}
+	n.waitSSH(ctx)
+	checkFirstBoot(ctx, t, n)
+	checkHealthy(ctx, t, n)
+	checkConsole(ctx, t, n)
+	st := n.waitSlots(ctx, "the first boot to be committed", func(st *v1.SlotStatus) bool {
+		a := slot(st, "A")
+		return a.GetCommitted() && !a.GetTried() && a.GetLastResult() == "committed"
+	})
+	t.Logf("after the first boot:\n%s", slotsText(st))
+
+	// v1 -> v2 through the API.
+	t0 := time.Now()
+	op := n.upgrade(ctx, v2.Ref, v1.UpgradeRequest_MODE_REBOOT)
+	if op.GetResult()["slot"] != "B" || op.GetResult()["version"] != "0.2.0" || op.GetPhase() != "reboot" || op.GetResult()["digest"] == "" {
+		t.Fatalf("upgrade operation: %v", op)
+	}
+	if b := n.waitBoots(ctx, 2); b[1].Slot != "B" || b[1].Fallback {
+		t.Fatalf("GRUB's boot after the upgrade: %+v", b[1])
+	}
+	st = n.waitSlots(ctx, "v2 to be committed", func(st *v1.SlotStatus) bool {
+		b := slot(st, "B")
+		return st.GetBootedSlot() == "B" && b.GetCommitted() && !b.GetTried()
+	})
+	t.Logf("v1 -> v2 committed %s after Upgrade:\n%s", time.Since(t0).Round(time.Second), slotsText(st))
+	if b, a := slot(st, "B"), slot(st, "A"); b.GetVersion() != "0.2.0" || b.GetArtifactDigest() == "" || b.GetLastResult() != "committed" ||
+		!a.GetBootable() || a.GetVersion() != "0.1.0" {
+		t.Fatalf("slots after v1 -> v2:\n%s", slotsText(st))
+	}
+	n.waitSSH(ctx)
+	if out := n.mustSSH(ctx, "cat /etc/debvisor-e2e-marker"); out != "persisted" {
+		t.Fatalf("/etc change lost across the upgrade: %q", out)
+	}
+	checkHealthy(ctx, t, n)
+
+	// A plain reboot boots v2 again, not as a fallback.
+	_, _ = n.ssh(ctx, "systemctl reboot")
+	if b := n.waitBoots(ctx, 3); b[2].Slot != "B" || b[2].Fallback {
+		t.Fatalf("plain reboot: GRUB booted %+v", b[2])
+	}
+	n.waitSlots(ctx, "the plain reboot to be committed", func(st *v1.SlotStatus) bool {
+		return st.GetBootedSlot() == "B" && !slot(st, "B").GetTried() && !st.GetFallbackBoot()
+	})
+
+	// v2 -> v3: v3 fails its health check, the node rolls back on its own.
+	n.upgrade(ctx, v3.Ref, v1.UpgradeRequest_MODE_REBOOT)
+	if b := n.waitBoots(ctx, 4); b[3].Slot != "A" {
+		t.Fatalf("GRUB's boot of v3: %+v", b[3])
+	}
+	if b := n.waitBoots(ctx, 5); b[4].Slot != "B" || b[4].Fallback {
+		t.Fatalf("after v3 failed its health check GRUB booted %+v, want B", b[4])
+	}
+	st = n.waitSlots(ctx, "the rollback from v3 to be recorded", func(st *v1.SlotStatus) bool {
+		return st.GetBootedSlot() == "B" && slot(st, "A").GetLastResult() == "health-failed"
+	})
+	if a := slot(st, "A"); a.GetBootable() || a.GetVersion() != "0.3.0" || !strings.Contains(a.GetReason(), "libvirt") {
+		t.Fatalf("slot A after v3's rollback:\n%s", slotsText(st))
+	}
+	t.Logf("after v3:\n%s", slotsText(st))
+
+	// v2 -> v4: v4's kernel panics; GRUB falls back to v2 by itself.
+	n.upgrade(ctx, v4.Ref, v1.UpgradeRequest_MODE_REBOOT)
+	if b := n.waitBoots(ctx, 6); b[5].Slot != "A" {
+		t.Fatalf("GRUB's boot of v4: %+v", b[5])
+	}
+	if err := n.m.WaitConsole(ctx, "Kernel panic"); err != nil {
+		t.Fatal(err)
+	}
+	if b := n.waitBoots(ctx, 7); b[6].Slot != "B" || b[6].Fallback {
+		t.Fatalf("after v4 panicked GRUB booted %+v, want B", b[6])
+	}
+	st = n.waitSlots(ctx, "v4's rollback to be recorded", func(st *v1.SlotStatus) bool {
+		return st.GetBootedSlot() == "B" && slot(st, "A").GetLastResult() == "rolled-back"
+	})
+	if a := slot(st, "A"); a.GetBootable() || a.GetVersion() != "0.4.0" || !strings.Contains(a.GetReason(), "never committed") {
+		t.Fatalf("slot A after v4's rollback:\n%s", slotsText(st))
+	}
+	t.Logf("after v4:\n%s", slotsText(st))
+}
+
+// checkFirstBoot: firstboot ran once, the data partition fills the disk,
+// / is the read-only squashfs and /etc an overlay that keeps changes.
+func checkFirstBoot(ctx context.Context, t *testing.T, n *node) {
+	t.Helper()
+	n.mustSSH(ctx, "test -s /etc/ssh/ssh_host_ed25519_key && test -f /var/lib/debvisor/firstboot.done")
+	if h := n.mustSSH(ctx, "hostname"); h != "node1" {
+		t.Fatalf("preseed hostname not applied: %q", h)
+	}
+	disk, _ := strconv.ParseInt(n.mustSSH(ctx, "blockdev --getsize64 /dev/vda"), 10, 64)
+	part, _ := strconv.ParseInt(n.mustSSH(ctx, "blockdev --getsize64 /dev/disk/by-partlabel/debvisor-data"), 10, 64)
+	start, _ := strconv.ParseInt(n.mustSSH(ctx, "cat /sys/class/block/vda4/start"), 10, 64)
+	fs, _ := strconv.ParseInt(n.mustSSH(ctx, "df -B1 --output=size /data | tail -1"), 10, 64)
+	if disk < 8<<30 || part < disk-start*512-(4<<20) || fs < part*9/10 {
+		t.Fatalf("data partition not grown to fill the disk: disk %d, partition %d from sector %d, filesystem %d", disk, part, start, fs)
+	}
+	if out := n.mustSSH(ctx, "findmnt -n -o FSTYPE,OPTIONS /"); !strings.HasPrefix(out, "squashfs") || !strings.Contains(out, "ro") {
+		t.Fatalf("root mount: %s", out)
+	}
+	if out, err := n.ssh(ctx, "touch /usr/debvisor-write-test"); err == nil {
+		t.Fatalf("writing under / succeeded: %s", out)
+	}
+	n.mustSSH(ctx, "echo persisted > /etc/debvisor-e2e-marker")
+}
+
+// checkHealthy: the one health report is healthy, every check passed, and
+// the image's own validate script agrees.
+func checkHealthy(ctx context.Context, t *testing.T, n *node) {
+	t.Helper()
+	c := n.client()
+	var summary *v1.HealthSummary
+	ctx2, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	err := n.m.WaitFor(ctx2, 5*time.Second, "a healthy report", func(ctx context.Context) error {
+		op, err := c.Node.CheckHealth(ctx, &v1.CheckHealthRequest{})
+		if err != nil {
+			return err
+		}
+		if _, err := c.Operations.WaitOperation(ctx, &v1.WaitOperationRequest{OperationId: op.GetId()}); err != nil {
+			return err
+		}
+		node, err := c.Node.GetNode(ctx, &v1.GetNodeRequest{})
+		if err != nil {
+			return err
+		}
+		summary = node.GetHealth()
+		if summary.GetStatus() != v1.HealthSummary_STATUS_HEALTHY {
+			return fmt.Errorf("%s: %s", summary.GetStatus(), failing(summary))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the node's health report is not healthy: %v", err)
+	}
+	var names []string
+	for _, ch := range summary.GetChecks() {
+		names = append(names, ch.GetName())
+	}
+	for _, want := range []string{"api-serving", "libvirt", "pools-active", "autostart-vms", "units-active", "data-partition", "failed-units", "validate-components", "node-certificate"} {
+		if !strings.Contains(","+strings.Join(names, ",")+",", ","+want+",") {
+			t.Errorf("the health report has no %q check (has %v)", want, names)
+		}
+	}
+	if out, err := n.ssh(ctx, "/usr/local/sbin/validate-components.sh"); err != nil {
+		t.Fatalf("validate-components.sh: %v\n%s", err, out)
+	}
+}
+
+func failing(s *v1.HealthSummary) string {
+	var out []string
+	for _, c := range s.GetChecks() {
+		if !c.GetOk() {
+			out = append(out, c.GetName()+": "+c.GetMessage())
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// checkConsole: kmscon, not getty, owns tty1; libvirtd runs under systemd
+// and the default pool lives on the data partition.
+func checkConsole(ctx context.Context, t *testing.T, n *node) {
+	t.Helper()
+	if out := n.mustSSH(ctx, "systemctl is-active kmsconvt@tty1.service || true"); out != "active" {
+		t.Fatalf("kmsconvt@tty1 is %q\n%s", out, n.mustSSH(ctx, "systemctl status --no-pager kmsconvt@tty1.service getty@tty1.service 2>&1 || true"))
+	}
+	if out := n.mustSSH(ctx, "pgrep -a kmscon || true"); !strings.Contains(out, "--vt=tty1") {
+		t.Fatalf("no kmscon process on tty1: %q", out)
+	}
+	if out := n.mustSSH(ctx, "systemctl is-active getty@tty1.service || true"); out == "active" {
+		t.Fatal("getty@tty1 runs beside kmscon")
+	}
+	if out := n.mustSSH(ctx, "systemctl is-active libvirtd.service"); out != "active" {
+		t.Fatalf("libvirtd: %s", out)
+	}
+	if out := n.mustSSH(ctx, "virsh pool-dumpxml default | grep '<path>'"); !strings.Contains(out, "/data/pools/default") {
+		t.Fatalf("default pool: %s", out)
+	}
+}
+
+func slotsText(st *v1.SlotStatus) string {
+	var b strings.Builder
+	for _, s := range st.GetSlots() {
+		fmt.Fprintf(&b, "  %s: version=%s bootable=%v tried=%v booted=%v primary=%v committed=%v result=%s reason=%q\n",
+			s.GetName(), s.GetVersion(), s.GetBootable(), s.GetTried(), s.GetBooted(), s.GetPrimary(), s.GetCommitted(), s.GetLastResult(), s.GetReason())
+	}
+	fmt.Fprintf(&b, "  booted=%s fallback=%v next=%s once=%v", st.GetBootedSlot(), st.GetFallbackBoot(), st.GetNextBoot(), st.GetNextBootOnce())
+	return b.String()
+}
