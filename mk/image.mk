@@ -8,8 +8,8 @@ image: build ## Build the default OS image (or IMAGE_SPEC=file) into IMAGE_OUT (
 	$(BINDIR)/debvisor-image inspect $(IMAGE_OUT)/debvisor.raw
 
 .PHONY: test-image
-test-image: ## Image builder tests only, including the QEMU boots
-	$(GO) test $(GOTEST_FLAGS) -v ./osimage/... ./imagebuilder/... ./nodeagent/firstboot/...
+test-image: ## Image builder and boot package tests only, including the QEMU boots
+	$(GO) test $(GOTEST_FLAGS) -v ./osimage/... ./boot/... ./internal/qemu/... ./imagebuilder/... ./nodeagent/firstboot/...
 
 .PHONY: quickstart-image
 quickstart-image: image ## Boot the default image in QEMU with fresh PKI; prints how to reach the agent and the console

@@ -2,7 +2,7 @@
 
 .PHONY: test-vm
 test-vm: ## VM and storage tests: real libvirtd (started if needed), real QEMU guests, virsh as witness
-	$(GO) test $(GOTEST_FLAGS) -count=1 ./nodeagent/vm/ ./nodeagent/storage/ ./nodeagent/libvirtconn/ ./internal/testenv/libvirtd/ ./nodeagent/server/
+	$(GO) test $(GOTEST_FLAGS) -count=1 ./nodeagent/vm/ ./nodeagent/storage/ ./nodeagent/libvirtconn/ ./testenv/libvirtd/ ./nodeagent/server/
 
 .PHONY: golden-vm
 golden-vm: ## Rewrite the golden pool/volume/domain XML files (each is still checked with virt-xml-validate)

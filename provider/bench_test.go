@@ -1,12 +1,7 @@
 package provider
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,37 +15,8 @@ import (
 //	go test ./provider -run '^$' -bench Plan200 -benchtime 5x
 func BenchmarkPlan200(b *testing.B) {
 	testAccAgent(b)
-	tofu := os.Getenv("TF_ACC_TERRAFORM_PATH")
-	dir := b.TempDir()
-	bin := filepath.Join(dir, "bin")
-	if out, err := exec.Command("go", "build", "-o", bin+"/terraform-provider-debvisor", "../cmd/terraform-provider-debvisor").CombinedOutput(); err != nil {
-		b.Fatalf("build provider: %v\n%s", err, out)
-	}
-	rc := filepath.Join(dir, "tofurc")
-	must(b, os.WriteFile(rc, []byte(fmt.Sprintf(`provider_installation {
-  dev_overrides { "registry.terraform.io/debvisor/debvisor" = %q }
-  direct {}
-}
-`, bin)), 0o644))
-	work := filepath.Join(dir, "work")
-	must(b, os.MkdirAll(work, 0o755))
-	must(b, os.WriteFile(filepath.Join(work, "main.tf"), []byte(plan200Config(poolParent(b)+"/bench")), 0o644))
-
-	run := func(args ...string) (string, int) {
-		cmd := exec.Command(tofu, args...)
-		cmd.Dir = work
-		cmd.Env = append(os.Environ(), "TF_CLI_CONFIG_FILE="+rc, "TF_IN_AUTOMATION=1")
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		err := cmd.Run()
-		code := 0
-		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			b.Fatalf("tofu %v: %v", args, err)
-		}
-		return out.String(), code
-	}
+	w := newTofuWork(b, plan200Config(poolParent(b)+"/bench"), nil)
+	run := w.run
 	start := time.Now()
 	if out, code := run("apply", "-auto-approve", "-input=false", "-parallelism=20"); code != 0 {
 		b.Fatalf("setup apply failed (%d):\n%s", code, out)

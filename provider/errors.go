@@ -36,6 +36,9 @@ func describe(endpoint string, err error) string {
 	case st.Code() == codes.PermissionDenied:
 		return fmt.Sprintf("Permission denied: %s.\n\nThe client certificate's role does not allow this call; managing resources needs "+
 			"an operator or admin certificate (see dvctl pki show CERT).", msg)
+	case (st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded) && strings.Contains(msg, "libvirtd"):
+		return fmt.Sprintf("The agent at %s answered, but the node's libvirtd is slow or not answering: %s.\n\n"+
+			"The provider retried for a while. Check libvirtd on the node (is it overloaded, or stuck?), then run the command again.", endpoint, msg)
 	case st.Code() == codes.Unavailable:
 		return fmt.Sprintf("The DebVisor agent at %s is unreachable: %s.\n\nIs debvisor-agent running (debvisor-rpcd.service) and "+
 			"is endpoint (DEBVISOR_ENDPOINT) its HOST:PORT?", endpoint, msg)

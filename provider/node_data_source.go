@@ -73,9 +73,11 @@ func (d *NodeDataSource) Read(ctx context.Context, req datasource.ReadRequest, r
 	if !configured(d.p, &resp.Diagnostics) {
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, d.p.requestTimeout)
-	defer cancel()
-	n, err := d.p.client.Node.GetNode(rctx, &v1.GetNodeRequest{})
+	var n *v1.Node
+	err := d.p.read(ctx, "read node", func(ctx context.Context) (err error) {
+		n, err = d.p.client.Node.GetNode(ctx, &v1.GetNodeRequest{})
+		return err
+	})
 	if err != nil {
 		resp.Diagnostics.AddError("Read DebVisor node", describe(d.p.endpoint, err))
 		return

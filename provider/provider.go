@@ -218,5 +218,6 @@ func (p *DebVisorProvider) DataSources(_ context.Context) []func() datasource.Da
 	return []func() datasource.DataSource{
 		NewNodeDataSource,
 		NewStoragePoolDataSource,
+		NewClusterMembersDataSource,
 	}
 }

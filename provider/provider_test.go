@@ -13,8 +13,8 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/providerserver"
 	"github.com/hashicorp/terraform-plugin-go/tfprotov6"
 
-	"github.com/debvisor/debvisor/internal/testenv/agent"
-	"github.com/debvisor/debvisor/internal/testenv/libvirtd"
+	"github.com/debvisor/debvisor/testenv/agent"
+	"github.com/debvisor/debvisor/testenv/libvirtd"
 )
 
 // testAccProtoV6ProviderFactories runs the provider in-process; the real CLI (OpenTofu from

@@ -51,9 +51,11 @@ func (p *providerData) cachedVolume(ctx context.Context, pool, name string) (*v1
 		l = &poolListing{done: make(chan struct{})}
 		c.pools[pool] = l
 		c.mu.Unlock()
-		cctx, cancel := p.call(ctx)
-		res, err := p.client.Storage.ListVolumes(cctx, &v1.ListVolumesRequest{Pool: pool})
-		cancel()
+		var res *v1.ListVolumesResponse
+		err := p.read(ctx, "list volumes of pool "+pool, func(ctx context.Context) (err error) {
+			res, err = p.client.Storage.ListVolumes(ctx, &v1.ListVolumesRequest{Pool: pool})
+			return err
+		})
 		l.at, l.err = time.Now(), err
 		if err == nil {
 			l.vols = make(map[string]*v1.Volume, len(res.GetVolumes()))

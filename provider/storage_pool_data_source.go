@@ -82,9 +82,11 @@ func (d *StoragePoolDataSource) Read(ctx context.Context, req datasource.ReadReq
 	if !configured(d.p, &resp.Diagnostics) {
 		return
 	}
-	cctx, cancel := d.p.call(ctx)
-	defer cancel()
-	p, err := d.p.client.Storage.GetPool(cctx, &v1.GetPoolRequest{Name: data.Name.ValueString()})
+	var p *v1.Pool
+	err := d.p.read(ctx, "read pool "+data.Name.ValueString(), func(ctx context.Context) (err error) {
+		p, err = d.p.client.Storage.GetPool(ctx, &v1.GetPoolRequest{Name: data.Name.ValueString()})
+		return err
+	})
 	if isNotFound(err) {
 		resp.Diagnostics.AddAttributeError(path.Root("name"), "Storage pool not found",
 			fmt.Sprintf("The node has no storage pool %q.", data.Name.ValueString()))

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/google/uuid"
 	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
+	"github.com/hashicorp/terraform-plugin-framework/attr"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
@@ -19,6 +21,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/types"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/api/rules"
 )
 
 var (
@@ -219,28 +222,51 @@ func (r *StoragePoolResource) Create(ctx context.Context, req resource.CreateReq
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	_, err := r.p.wait(ctx, timeout, "create pool "+pool.Name, func(ctx context.Context) (*v1.Operation, error) {
+	requestID := uuid.NewString()
+	out, err := r.p.run(ctx, timeout, "create pool "+pool.Name, func(ctx context.Context) (*v1.Operation, error) {
 		return r.p.client.Storage.CreatePool(ctx, &v1.CreatePoolRequest{
-			Pool: pool, Build: data.Build.ValueBool(), FormatSource: data.FormatSource.ValueBool(),
+			Pool: pool, Build: data.Build.ValueBool(), FormatSource: data.FormatSource.ValueBool(), RequestId: requestID,
 		})
+	}, func(op *v1.Operation) {
+		// The agent has the pool from here on: record it (with the flags its delete needs) so a
+		// later failure taints it instead of losing it, with the operation a refresh waits for.
+		resp.Diagnostics.Append(createRecord{RequestID: requestID, Operation: op.GetId()}.save(ctx, resp.Private)...)
+		for attr, v := range map[string]attr.Value{
+			"id": types.StringValue(pool.Name), "name": data.Name, "build": data.Build, "format_source": data.FormatSource,
+			"force_destroy": data.ForceDestroy, "delete_storage": data.DeleteStorage,
+		} {
+			resp.Diagnostics.Append(resp.State.SetAttribute(ctx, path.Root(attr), v)...)
+		}
 	})
 	if err != nil {
+		if out.refused() {
+			// Another object of that name exists: not this resource's, never in this state.
+			resp.State.RemoveResource(ctx)
+		} else if out.accepted {
+			if got, rerr := r.get(ctx, pool.Name); rerr == nil {
+				data.fromAPI(got)
+				resp.Diagnostics.Append(resp.State.Set(ctx, &data)...)
+			}
+		}
 		resp.Diagnostics.AddError("Create storage pool", err.Error())
 		return
 	}
 	got, err := r.get(ctx, pool.Name)
 	if err != nil {
-		resp.Diagnostics.AddError("Read storage pool after create", err.Error())
+		resp.Diagnostics.AddError("Read storage pool after create", describe(r.p.endpoint, err))
 		return
 	}
 	data.fromAPI(got)
+	resp.Diagnostics.Append(clearCreateRecord(ctx, resp.Private)...)
 	resp.Diagnostics.Append(resp.State.Set(ctx, &data)...)
 }
 
-func (r *StoragePoolResource) get(ctx context.Context, name string) (*v1.Pool, error) {
-	cctx, cancel := r.p.call(ctx)
-	defer cancel()
-	return r.p.client.Storage.GetPool(cctx, &v1.GetPoolRequest{Name: name})
+func (r *StoragePoolResource) get(ctx context.Context, name string) (p *v1.Pool, err error) {
+	err = r.p.read(ctx, "read pool "+name, func(ctx context.Context) (err error) {
+		p, err = r.p.client.Storage.GetPool(ctx, &v1.GetPoolRequest{Name: name})
+		return err
+	})
+	return p, err
 }
 
 func (r *StoragePoolResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
@@ -252,6 +278,9 @@ func (r *StoragePoolResource) Read(ctx context.Context, req resource.ReadRequest
 	if resp.Diagnostics.HasError() {
 		return
 	}
+	rec, diags := loadCreateRecord(ctx, req.Private)
+	resp.Diagnostics.Append(diags...)
+	r.p.settle(ctx, rec) // a create not seen through: wait for it on the node first
 	got, err := r.get(ctx, data.Name.ValueString())
 	if isNotFound(err) {
 		// Deleted behind our back: drop it from state so the plan recreates it.
@@ -263,6 +292,9 @@ func (r *StoragePoolResource) Read(ctx context.Context, req resource.ReadRequest
 		return
 	}
 	data.fromAPI(got)
+	if rec.Operation != "" {
+		resp.Diagnostics.Append(clearCreateRecord(ctx, resp.Private)...)
+	}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &data)...)
 }
 
@@ -301,11 +333,11 @@ func (r *StoragePoolResource) Delete(ctx context.Context, req resource.DeleteReq
 		return
 	}
 	name := data.Name.ValueString()
-	_, err := r.p.wait(ctx, timeout, "delete pool "+name, func(ctx context.Context) (*v1.Operation, error) {
+	_, err := r.p.run(ctx, timeout, "delete pool "+name, func(ctx context.Context) (*v1.Operation, error) {
 		return r.p.client.Storage.DeletePool(ctx, &v1.DeletePoolRequest{
 			Name: name, DeleteVolumes: data.ForceDestroy.ValueBool(), DeleteStorage: data.DeleteStorage.ValueBool(),
 		})
-	})
+	}, nil)
 	if err != nil && !isNotFound(err) {
 		resp.Diagnostics.AddError("Delete storage pool", err.Error())
 	}
@@ -313,7 +345,7 @@ func (r *StoragePoolResource) Delete(ctx context.Context, req resource.DeleteReq
 
 // ImportState takes the pool's name; the provider-side flags get their defaults.
 func (r *StoragePoolResource) ImportState(ctx context.Context, req resource.ImportStateRequest, resp *resource.ImportStateResponse) {
-	if !nameRE.MatchString(req.ID) {
+	if rules.CheckName(req.ID) != nil {
 		resp.Diagnostics.AddError("Invalid import ID", fmt.Sprintf("%q is not a pool name; import with the pool's name", req.ID))
 		return
 	}

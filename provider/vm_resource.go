@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
 	"github.com/hashicorp/terraform-plugin-framework-validators/int64validator"
 	"github.com/hashicorp/terraform-plugin-framework-validators/listvalidator"
@@ -27,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/api/rules"
 )
 
 var (
@@ -34,13 +36,13 @@ var (
 	_ resource.ResourceWithImportState = &VMResource{}
 )
 
-// Limits the agent accepts (nodeagent/vm), checked at plan time.
+// Limits the agent accepts (api/rules), checked at plan time.
 const (
-	maxVCPUs     = 256
-	minMemoryMiB = 16
-	maxMemoryMiB = 4 << 20
-	maxDisks     = 24
-	maxNICs      = 16
+	maxVCPUs     = rules.MaxVCPUs
+	minMemoryMiB = rules.MinMemoryMiB
+	maxMemoryMiB = rules.MaxMemoryMiB
+	maxDisks     = rules.MaxDisks
+	maxNICs      = rules.MaxNICs
 )
 
 // NewVMResource is the constructor the provider lists.
@@ -348,29 +350,72 @@ func (r *VMResource) Create(ctx context.Context, req resource.CreateRequest, res
 	}
 	name := data.Name.ValueString()
 	deadline := time.Now().Add(timeout)
-	_, err := r.p.wait(ctx, timeout, "create VM "+name, func(ctx context.Context) (*v1.Operation, error) {
-		return r.p.client.VMs.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: name, Spec: spec}})
+	// One request id for every attempt of this create: a resend after a lost answer (agent
+	// restarted, request timed out) gets the first attempt's VM, never a second one. Until the
+	// create is seen through, the record is unconfirmed: the VM of that name is this resource's
+	// only if it carries the request id (see confirm), so a failure never adopts another's VM.
+	rec := createRecord{RequestID: uuid.NewString(), Unconfirmed: true}
+	// keep records the VM in state: from then on any error taints it (replaced by the next apply)
+	// instead of losing it.
+	keep := func() {
+		resp.Diagnostics.Append(resp.State.SetAttribute(ctx, path.Root("id"), name)...)
+		resp.Diagnostics.Append(resp.State.SetAttribute(ctx, path.Root("name"), name)...)
+		resp.Diagnostics.Append(rec.save(ctx, resp.Private)...)
+	}
+	out, err := r.p.run(ctx, timeout, "create VM "+name, func(ctx context.Context) (*v1.Operation, error) {
+		return r.p.client.VMs.CreateVM(ctx, &v1.CreateVMRequest{Vm: &v1.VM{Name: name, Spec: spec}, RequestId: rec.RequestID})
+	}, func(op *v1.Operation) {
+		rec.Operation = op.GetId()
+		keep()
 	})
 	if err != nil {
+		switch {
+		case out.refused():
+			// Another request's VM took the name: not ours, never in this state.
+			resp.State.RemoveResource(ctx)
+		case out.accepted:
+			r.keepWhatCanBeRead(ctx, name, rec, &data, resp)
+		case out.unsure:
+			// No answer, but the request may have arrived: keep the VM as unconfirmed. The next
+			// refresh adopts it only if the node's VM carries this request id, else forgets it.
+			keep()
+		}
 		resp.Diagnostics.AddError("Create VM", err.Error())
 		return
 	}
+	rec.Unconfirmed, rec.Operation = false, ""
+	resp.Diagnostics.Append(rec.save(ctx, resp.Private)...)
 	var addrs []*v1.VMAddress
 	if data.WaitForIP.ValueBool() && spec.GetPowerState() != v1.PowerState_POWER_STATE_STOPPED {
 		addrs, err = r.waitForIP(ctx, name, time.Until(deadline))
 		if err != nil {
-			// The VM exists: keep it in state (tainted by the error) so the next apply replaces it.
-			r.readInto(ctx, name, &data, nil, &resp.Diagnostics)
-			resp.Diagnostics.Append(resp.State.Set(ctx, &data)...)
+			r.keepWhatCanBeRead(ctx, name, rec, &data, resp)
 			resp.Diagnostics.AddError("Wait for the VM's IP address", err.Error())
 			return
 		}
 	}
-	r.readInto(ctx, name, &data, addrs, &resp.Diagnostics)
-	if resp.Diagnostics.HasError() {
-		return
+	var readDiags diag.Diagnostics
+	if !r.readInto(ctx, name, &data, addrs, &readDiags) && !readDiags.HasError() {
+		readDiags.AddError("Read VM after create", "VM "+name+" was created but is gone: something deleted it meanwhile")
+	}
+	resp.Diagnostics.Append(readDiags...)
+	if readDiags.HasError() {
+		return // the id is in state: tainted, replaced next time
 	}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &data)...)
+}
+
+// keepWhatCanBeRead replaces the id-only state of a VM whose create failed after the agent
+// accepted it with whatever a read returns now, if the node's VM is the one this create made; the
+// resource stays tainted either way.
+func (r *VMResource) keepWhatCanBeRead(ctx context.Context, name string, rec createRecord, data *VMResourceModel, resp *resource.CreateResponse) {
+	vm, err := r.get(ctx, name)
+	if err != nil || vm.GetStatus().GetCreateRequestId() != rec.RequestID {
+		return
+	}
+	if d := data.fromAPI(ctx, vm, nil); !d.HasError() {
+		resp.Diagnostics.Append(resp.State.Set(ctx, data)...)
+	}
 }
 
 func (r *VMResource) waitForIP(ctx context.Context, name string, wait time.Duration) ([]*v1.VMAddress, error) {
@@ -397,9 +442,7 @@ func (r *VMResource) waitForIP(ctx context.Context, name string, wait time.Durat
 // readInto fetches the VM and fills the model; extra addresses (from waitForIP) are added to
 // what the node reports.
 func (r *VMResource) readInto(ctx context.Context, name string, data *VMResourceModel, extra []*v1.VMAddress, diags *diag.Diagnostics) (found bool) {
-	cctx, cancel := r.p.call(ctx)
-	defer cancel()
-	vm, err := r.p.client.VMs.GetVM(cctx, &v1.GetVMRequest{Name: name})
+	vm, err := r.get(ctx, name)
 	if isNotFound(err) {
 		return false
 	}
@@ -411,6 +454,14 @@ func (r *VMResource) readInto(ctx context.Context, name string, data *VMResource
 	return true
 }
 
+func (r *VMResource) get(ctx context.Context, name string) (vm *v1.VM, err error) {
+	err = r.p.read(ctx, "read VM "+name, func(ctx context.Context) (err error) {
+		vm, err = r.p.client.VMs.GetVM(ctx, &v1.GetVMRequest{Name: name})
+		return err
+	})
+	return vm, err
+}
+
 func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
 	if !configured(r.p, &resp.Diagnostics) {
 		return
@@ -418,6 +469,13 @@ func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *r
 	var data VMResourceModel
 	resp.Diagnostics.Append(req.State.Get(ctx, &data)...)
 	if resp.Diagnostics.HasError() {
+		return
+	}
+	rec, diags := loadCreateRecord(ctx, req.Private)
+	resp.Diagnostics.Append(diags...)
+	r.p.settle(ctx, rec)
+	if rec.Unconfirmed {
+		r.confirm(ctx, rec, &data, resp)
 		return
 	}
 	if !r.readInto(ctx, data.Name.ValueString(), &data, nil, &resp.Diagnostics) {
@@ -428,6 +486,32 @@ func (r *VMResource) Read(ctx context.Context, req resource.ReadRequest, resp *r
 		return
 	}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &data)...)
+}
+
+// confirm settles a VM whose create got no answer: it is this provider's VM only if the node's
+// VM of that name was made by the same request id. Otherwise (no such VM, or another's) it leaves
+// the state; a VM someone else made is never adopted.
+func (r *VMResource) confirm(ctx context.Context, rec createRecord, data *VMResourceModel, resp *resource.ReadResponse) {
+	name := data.Name.ValueString()
+	vm, err := r.get(ctx, name)
+	switch {
+	case isNotFound(err):
+		resp.State.RemoveResource(ctx)
+		return
+	case err != nil:
+		resp.Diagnostics.AddError("Read VM", describe(r.p.endpoint, err))
+		return
+	case vm.GetStatus().GetCreateRequestId() != rec.RequestID:
+		resp.Diagnostics.AddWarning("VM not adopted",
+			fmt.Sprintf("VM %s exists on the node but was not made by this configuration's interrupted create; "+
+				"it is left alone and removed from the state (import it to manage it).", name))
+		resp.State.RemoveResource(ctx)
+		return
+	}
+	resp.Diagnostics.Append(data.fromAPI(ctx, vm, nil)...)
+	rec.Unconfirmed, rec.Operation = false, ""
+	resp.Diagnostics.Append(rec.save(ctx, resp.Private)...)
+	resp.Diagnostics.Append(resp.State.Set(ctx, data)...)
 }
 
 // Update sends the whole desired spec; the agent applies what it can live and the rest at the
@@ -448,9 +532,9 @@ func (r *VMResource) Update(ctx context.Context, req resource.UpdateRequest, res
 		return
 	}
 	name := data.Name.ValueString()
-	_, err := r.p.wait(ctx, timeout, "update VM "+name, func(ctx context.Context) (*v1.Operation, error) {
+	_, err := r.p.run(ctx, timeout, "update VM "+name, func(ctx context.Context) (*v1.Operation, error) {
 		return r.p.client.VMs.UpdateVM(ctx, &v1.UpdateVMRequest{Name: name, Spec: spec})
-	})
+	}, nil)
 	if err != nil {
 		resp.Diagnostics.AddError("Update VM", err.Error())
 		return
@@ -475,13 +559,28 @@ func (r *VMResource) Delete(ctx context.Context, req resource.DeleteRequest, res
 	}
 	timeout, diags := data.Timeouts.Delete(ctx, r.p.operationTimeout)
 	resp.Diagnostics.Append(diags...)
+	rec, diags := loadCreateRecord(ctx, req.Private)
+	resp.Diagnostics.Append(diags...)
 	if resp.Diagnostics.HasError() {
 		return
 	}
 	name := data.Name.ValueString()
-	_, err := r.p.wait(ctx, timeout, "delete VM "+name, func(ctx context.Context) (*v1.Operation, error) {
+	r.p.settle(ctx, rec)
+	if rec.Unconfirmed {
+		// Destroyed without a refresh (-refresh=false) after a create that got no answer: delete
+		// the node's VM only if that create made it.
+		vm, err := r.get(ctx, name)
+		if isNotFound(err) || err == nil && vm.GetStatus().GetCreateRequestId() != rec.RequestID {
+			return
+		}
+		if err != nil {
+			resp.Diagnostics.AddError("Delete VM", describe(r.p.endpoint, err))
+			return
+		}
+	}
+	_, err := r.p.run(ctx, timeout, "delete VM "+name, func(ctx context.Context) (*v1.Operation, error) {
 		return r.p.client.VMs.DeleteVM(ctx, &v1.DeleteVMRequest{Name: name})
-	})
+	}, nil)
 	if err != nil && !isNotFound(err) {
 		resp.Diagnostics.AddError("Delete VM", err.Error())
 	}
@@ -489,7 +588,7 @@ func (r *VMResource) Delete(ctx context.Context, req resource.DeleteRequest, res
 
 // ImportState takes the VM's name. wait_for_ip gets its default.
 func (r *VMResource) ImportState(ctx context.Context, req resource.ImportStateRequest, resp *resource.ImportStateResponse) {
-	if !nameRE.MatchString(req.ID) {
+	if rules.CheckName(req.ID) != nil {
 		resp.Diagnostics.AddError("Invalid import ID", fmt.Sprintf("%q is not a VM name", req.ID))
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/google/uuid"
 	"github.com/hashicorp/terraform-plugin-framework-timeouts/resource/timeouts"
 	"github.com/hashicorp/terraform-plugin-framework-validators/int64validator"
 	"github.com/hashicorp/terraform-plugin-framework-validators/stringvalidator"
@@ -21,6 +22,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/types"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/api/rules"
 )
 
 var (
@@ -30,7 +32,7 @@ var (
 )
 
 // maxVolumeBytes is the agent's limit (64 TiB).
-const maxVolumeBytes = 64 << 40
+const maxVolumeBytes = rules.MaxVolumeBytes
 
 // NewVolumeResource is the constructor the provider lists.
 func NewVolumeResource() resource.Resource { return &VolumeResource{} }
@@ -181,12 +183,29 @@ func (r *VolumeResource) Create(ctx context.Context, req resource.CreateRequest,
 		Format:        volumeFormat.value(data.Format.ValueString()),
 		CapacityBytes: data.Capacity.ValueInt64(), // 0 when unknown: the OCI content's size
 	}
-	_, err := r.p.wait(ctx, timeout, "create volume "+vol.Pool+"/"+vol.Name, func(ctx context.Context) (*v1.Operation, error) {
+	requestID := uuid.NewString()
+	out, err := r.p.run(ctx, timeout, "create volume "+vol.Pool+"/"+vol.Name, func(ctx context.Context) (*v1.Operation, error) {
 		return r.p.client.Storage.CreateVolume(ctx, &v1.CreateVolumeRequest{
-			Volume: vol, OciReference: data.OCIReference.ValueString(), OciInsecure: data.OCIInsecure.ValueBool(),
+			Volume: vol, OciReference: data.OCIReference.ValueString(), OciInsecure: data.OCIInsecure.ValueBool(), RequestId: requestID,
 		})
+	}, func(op *v1.Operation) {
+		// The agent has the volume from here on: record it so a later failure taints it instead
+		// of losing it, with the operation a refresh waits for.
+		resp.Diagnostics.Append(createRecord{RequestID: requestID, Operation: op.GetId()}.save(ctx, resp.Private)...)
+		resp.Diagnostics.Append(resp.State.SetAttribute(ctx, path.Root("id"), vol.Pool+"/"+vol.Name)...)
+		resp.Diagnostics.Append(resp.State.SetAttribute(ctx, path.Root("pool"), vol.Pool)...)
+		resp.Diagnostics.Append(resp.State.SetAttribute(ctx, path.Root("name"), vol.Name)...)
 	})
 	if err != nil {
+		if out.refused() {
+			// Another object of that name exists: not this resource's, never in this state.
+			resp.State.RemoveResource(ctx)
+		} else if out.accepted {
+			if got, rerr := r.get(ctx, vol.Pool, vol.Name); rerr == nil {
+				data.fromAPI(got)
+				resp.Diagnostics.Append(resp.State.Set(ctx, &data)...)
+			}
+		}
 		resp.Diagnostics.AddError("Create volume", err.Error())
 		return
 	}
@@ -196,13 +215,16 @@ func (r *VolumeResource) Create(ctx context.Context, req resource.CreateRequest,
 		return
 	}
 	data.fromAPI(got)
+	resp.Diagnostics.Append(clearCreateRecord(ctx, resp.Private)...)
 	resp.Diagnostics.Append(resp.State.Set(ctx, &data)...)
 }
 
-func (r *VolumeResource) get(ctx context.Context, pool, name string) (*v1.Volume, error) {
-	cctx, cancel := r.p.call(ctx)
-	defer cancel()
-	return r.p.client.Storage.GetVolume(cctx, &v1.GetVolumeRequest{Pool: pool, Name: name})
+func (r *VolumeResource) get(ctx context.Context, pool, name string) (v *v1.Volume, err error) {
+	err = r.p.read(ctx, "read volume "+pool+"/"+name, func(ctx context.Context) (err error) {
+		v, err = r.p.client.Storage.GetVolume(ctx, &v1.GetVolumeRequest{Pool: pool, Name: name})
+		return err
+	})
+	return v, err
 }
 
 func (r *VolumeResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
@@ -214,7 +236,18 @@ func (r *VolumeResource) Read(ctx context.Context, req resource.ReadRequest, res
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	got, err := r.p.cachedVolume(ctx, data.Pool.ValueString(), data.Name.ValueString())
+	rec, diags := loadCreateRecord(ctx, req.Private)
+	resp.Diagnostics.Append(diags...)
+	var got *v1.Volume
+	var err error
+	if rec.Operation != "" {
+		// A create not seen through: wait for it on the node, then read the volume itself (a
+		// listing may predate the create's end).
+		r.p.settle(ctx, rec)
+		got, err = r.get(ctx, data.Pool.ValueString(), data.Name.ValueString())
+	} else {
+		got, err = r.p.cachedVolume(ctx, data.Pool.ValueString(), data.Name.ValueString())
+	}
 	if isNotFound(err) {
 		resp.State.RemoveResource(ctx)
 		return
@@ -224,6 +257,9 @@ func (r *VolumeResource) Read(ctx context.Context, req resource.ReadRequest, res
 		return
 	}
 	data.fromAPI(got)
+	if rec.Operation != "" {
+		resp.Diagnostics.Append(clearCreateRecord(ctx, resp.Private)...)
+	}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &data)...)
 }
 
@@ -245,9 +281,9 @@ func (r *VolumeResource) Update(ctx context.Context, req resource.UpdateRequest,
 	}
 	pool, name := data.Pool.ValueString(), data.Name.ValueString()
 	if !data.Capacity.IsUnknown() && data.Capacity.ValueInt64() != state.Capacity.ValueInt64() {
-		_, err := r.p.wait(ctx, timeout, "resize volume "+pool+"/"+name, func(ctx context.Context) (*v1.Operation, error) {
+		_, err := r.p.run(ctx, timeout, "resize volume "+pool+"/"+name, func(ctx context.Context) (*v1.Operation, error) {
 			return r.p.client.Storage.ResizeVolume(ctx, &v1.ResizeVolumeRequest{Pool: pool, Name: name, CapacityBytes: data.Capacity.ValueInt64()})
-		})
+		}, nil)
 		if err != nil {
 			resp.Diagnostics.AddError("Resize volume", err.Error())
 			return
@@ -277,9 +313,9 @@ func (r *VolumeResource) Delete(ctx context.Context, req resource.DeleteRequest,
 		return
 	}
 	pool, name := data.Pool.ValueString(), data.Name.ValueString()
-	_, err := r.p.wait(ctx, timeout, "delete volume "+pool+"/"+name, func(ctx context.Context) (*v1.Operation, error) {
+	_, err := r.p.run(ctx, timeout, "delete volume "+pool+"/"+name, func(ctx context.Context) (*v1.Operation, error) {
 		return r.p.client.Storage.DeleteVolume(ctx, &v1.DeleteVolumeRequest{Pool: pool, Name: name})
-	})
+	}, nil)
 	if err != nil && !isNotFound(err) {
 		resp.Diagnostics.AddError("Delete volume", err.Error())
 	}
@@ -288,7 +324,7 @@ func (r *VolumeResource) Delete(ctx context.Context, req resource.DeleteRequest,
 // ImportState takes POOL/NAME.
 func (r *VolumeResource) ImportState(ctx context.Context, req resource.ImportStateRequest, resp *resource.ImportStateResponse) {
 	pool, name, ok := strings.Cut(req.ID, "/")
-	if !ok || !nameRE.MatchString(pool) || !nameRE.MatchString(name) {
+	if !ok || rules.CheckName(pool) != nil || rules.CheckName(name) != nil {
 		resp.Diagnostics.AddError("Invalid import ID", fmt.Sprintf("%q is not POOL/NAME", req.ID))
 		return
 	}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/debvisor/debvisor/nodeagent/pki"
+	"github.com/debvisor/debvisor/internal/pki"
 )
 
 // BenchmarkAgentRSSAtRest starts the real agent binary with all listeners,

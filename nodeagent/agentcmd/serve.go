@@ -1,17 +1,10 @@
 package agentcmd
 
 import (
-	"fmt"
-	"os"
-
 	"github.com/spf13/cobra"
 
+	"github.com/debvisor/debvisor/nodeagent/agent"
 	"github.com/debvisor/debvisor/nodeagent/config"
-	"github.com/debvisor/debvisor/nodeagent/health"
-	"github.com/debvisor/debvisor/nodeagent/libvirtconn"
-	"github.com/debvisor/debvisor/nodeagent/operation"
-	"github.com/debvisor/debvisor/nodeagent/server"
-	"github.com/debvisor/debvisor/nodeagent/sysinfo"
 )
 
 func init() { register(newServeCmd) }
@@ -55,29 +48,7 @@ name the cluster CA bundle and this node's certificate (make them with
 			}
 			level, _ := config.ParseLevel(cfg.LogLevel)
 			log := newLogger(env.Stderr, level, cfg.LogFormat)
-			if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
-				return fmt.Errorf("state dir: %w", err)
-			}
-			ops := operation.NewManager(log.With("component", "operations"))
-			var lv *libvirtconn.Conn
-			if cfg.Libvirt.Socket != "" {
-				lv = libvirtconn.New(libvirtconn.Config{Socket: cfg.Libvirt.Socket, URI: cfg.Libvirt.URI}, log.With("component", "libvirt"))
-				defer lv.Close()
-			}
-			srv, err := server.New(cfg, server.Deps{
-				Libvirt: lv,
-				Log:     log,
-				Ops:     ops,
-				Health:  health.NewRegistry(nil),
-				SysInfo: sysinfo.Reader{Root: "/"},
-			})
-			if err != nil {
-				return err
-			}
-			if err := server.DefaultChecks(srv); err != nil {
-				return err
-			}
-			return srv.Run(cmd.Context())
+			return agent.Run(cmd.Context(), cfg, agent.Options{Log: log, Root: "/"})
 		},
 	}
 	f := cmd.Flags()

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/debvisor/debvisor/nodeagent/dvctl"
+	"github.com/debvisor/debvisor/dvctl"
 )
 
 // buildAgent compiles the real binary once per test run.

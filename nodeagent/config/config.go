@@ -10,10 +10,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/debvisor/debvisor/internal/yamlstrict"
+	"github.com/debvisor/debvisor/osimage"
 )
 
 // DefaultPath is where the agent looks for its configuration on a node.
@@ -45,6 +47,94 @@ type Config struct {
 
 	// Libvirt is the hypervisor connection for VMs and storage pools.
 	Libvirt Libvirt `yaml:"libvirt"`
+
+	// Storage confines what clients' storage pools may touch.
+	Storage Storage `yaml:"storage"`
+
+	// Cluster is membership (gossip), mDNS discovery and enrollment.
+	Cluster Cluster `yaml:"cluster"`
+
+	// Upgrade is the A/B OS upgrade: where the slots and the boot
+	// environment are, which keys sign releases, how to reach registries.
+	Upgrade Upgrade `yaml:"upgrade"`
+}
+
+// Upgrade configures A/B upgrades. It applies only on a DebVisor node
+// (booted from a slot); elsewhere the upgrade API says there are no slots.
+type Upgrade struct {
+	// ESP is where the ESP (with grub/grubenv) is mounted.
+	ESP string `yaml:"esp"`
+	// SlotA and SlotB are the slots' partitions.
+	SlotA string `yaml:"slot_a"`
+	SlotB string `yaml:"slot_b"`
+	// TrustedKeys are PEM public keys (ECDSA P-256, cosign.pub format);
+	// a release must carry a signature by one of them. Shell patterns
+	// are expanded ("/etc/debvisor/keys/*.pub").
+	TrustedKeys []string `yaml:"trusted_keys"`
+	// CABundle adds CA certificates for registries' TLS.
+	CABundle string `yaml:"ca_bundle"`
+	// InsecureHTTP allows plain HTTP to registries (never by default).
+	InsecureHTTP bool `yaml:"insecure_http"`
+	// CommitDeadline bounds how long a new slot may take to pass its
+	// health report after it booted ("5m"); past it, the node rolls back.
+	CommitDeadline string `yaml:"commit_deadline"`
+	// CmdlineFile and ReleaseFile tell the agent how it was booted:
+	// /proc/cmdline (debvisor.slot=) and the slot's release file. Only
+	// tests and benchmarks that run the agent off a node point them
+	// elsewhere.
+	CmdlineFile string `yaml:"cmdline_file"`
+	ReleaseFile string `yaml:"release_file"`
+	// TestEnvPause sleeps after writing each copy of the boot environment.
+	// For the power-cut tests only: it widens the moment between the two
+	// copies so a random power cut can land in it. Never set it on a node.
+	TestEnvPause string `yaml:"test_env_pause"`
+}
+
+// CommitWait returns CommitDeadline as a duration (Validate checked it).
+func (u Upgrade) CommitWait() time.Duration {
+	d, _ := time.ParseDuration(u.CommitDeadline)
+	return d
+}
+
+// Storage is the admin's say over where clients may put pools.
+type Storage struct {
+	// PoolRoots are the only directories directory-backed pools (and the
+	// mount points of fs/netfs pools) may be created in, each pool in a
+	// new or empty directory strictly inside one of them. Whatever the
+	// roots, pools never touch the agent's state or PKI, /etc, /boot, the
+	// ESP, /root or other system directories. Empty refuses every
+	// directory pool.
+	PoolRoots []string `yaml:"pool_roots"`
+	// DefaultPool, when set, names a directory pool the agent keeps in
+	// existence at <first pool root>/<name> (a node's "default" pool on
+	// the data partition). Empty: none.
+	DefaultPool string `yaml:"default_pool"`
+}
+
+// Cluster configures cluster formation. A node takes part once it is
+// enrolled (it bootstrapped a cluster or joined one; the state lives in
+// state_dir/cluster); until then nothing listens. Enrollment itself is
+// asked for by the enroll file (written by firstboot from the preseed) or by
+// `debvisor-agent cluster init|join`.
+type Cluster struct {
+	// Enabled lets an enrolled node gossip and advertise; false keeps it
+	// standalone even when it has cluster state.
+	Enabled bool `yaml:"enabled"`
+	// Bind is the gossip (memberlist) address, TCP and UDP.
+	Bind string `yaml:"bind"`
+	// Advertise is the gossip address other members use, IP:port; detected
+	// from the interfaces (first private address) when empty.
+	Advertise string `yaml:"advertise"`
+	// MDNS advertises _debvisor._tcp on the LAN and browses for peers (first
+	// contact only; membership itself is gossip).
+	MDNS bool `yaml:"mdns"`
+	// Join lists members' API addresses (host:port) a node contacts to
+	// enroll, and that work across subnets where mDNS does not reach; mDNS
+	// is used when it is empty.
+	Join []string `yaml:"join"`
+	// EnrollFile asks for enrollment (bootstrap or join with a token); the
+	// agent removes it once the node is enrolled.
+	EnrollFile string `yaml:"enroll_file"`
 }
 
 // Libvirt says how the agent reaches libvirtd for VMs and storage.
@@ -71,6 +161,10 @@ type TLS struct {
 	Key  string `yaml:"key"`
 }
 
+// DefaultPoolRoot is where pools live on a DebVisor node: a directory on
+// the data partition (osimage.DataMount).
+const DefaultPoolRoot = "/data/pools"
+
 // Default returns the configuration used on a DebVisor node.
 func Default() Config {
 	return Config{
@@ -88,6 +182,13 @@ func Default() Config {
 			Key:  "/etc/debvisor/pki/node.key",
 		},
 		Libvirt: Libvirt{Socket: "/var/run/libvirt/libvirt-sock", URI: "qemu:///system", SeedDir: "/var/lib/libvirt/debvisor-seeds"},
+		Cluster: Cluster{Enabled: true, Bind: "0.0.0.0:7946", MDNS: true, EnrollFile: osimage.ClusterEnrollPath},
+		Storage: Storage{PoolRoots: []string{DefaultPoolRoot}},
+		Upgrade: Upgrade{
+			ESP: "/boot/efi", SlotA: "/dev/disk/by-partlabel/debvisor-a", SlotB: "/dev/disk/by-partlabel/debvisor-b",
+			TrustedKeys: []string{"/etc/debvisor/keys/*.pub"}, CommitDeadline: "5m",
+			CmdlineFile: "/proc/cmdline", ReleaseFile: "/usr/lib/debvisor/release",
+		},
 	}
 }
 
@@ -108,7 +209,7 @@ func Load(path string) (Config, error) {
 	}
 	// Relative PKI paths are relative to the config file.
 	base := filepath.Dir(path)
-	for _, p := range []*string{&c.TLS.CA, &c.TLS.Cert, &c.TLS.Key, &c.StateDir} {
+	for _, p := range []*string{&c.TLS.CA, &c.TLS.Cert, &c.TLS.Key, &c.StateDir, &c.Cluster.EnrollFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}
@@ -180,6 +281,31 @@ func (c Config) Validate() error {
 	if t := c.Libvirt.DomainType; t != "" && t != "kvm" && t != "qemu" {
 		errs = append(errs, fmt.Errorf("libvirt.domain_type: %q is neither kvm nor qemu (empty detects)", t))
 	}
+	errs = append(errs, c.Cluster.validate()...)
+	if p := c.Upgrade.TestEnvPause; p != "" {
+		if d, err := time.ParseDuration(p); err != nil || d < 0 || d > time.Minute {
+			errs = append(errs, fmt.Errorf("upgrade.test_env_pause: %q is not a duration between 0 and 1m", p))
+		}
+	}
+	if d, err := time.ParseDuration(c.Upgrade.CommitDeadline); err != nil || d < 10*time.Second {
+		errs = append(errs, fmt.Errorf("upgrade.commit_deadline: %q is not a duration of at least 10s", c.Upgrade.CommitDeadline))
+	}
+	for field, v := range map[string]string{"upgrade.esp": c.Upgrade.ESP, "upgrade.slot_a": c.Upgrade.SlotA, "upgrade.slot_b": c.Upgrade.SlotB} {
+		if !filepath.IsAbs(v) {
+			errs = append(errs, fmt.Errorf("%s: %q must be an absolute path", field, v))
+		}
+	}
+	if c.Storage.DefaultPool != "" && len(c.Storage.PoolRoots) == 0 {
+		errs = append(errs, errors.New("storage.default_pool: needs a pool root (storage.pool_roots) to live in"))
+	}
+	if n := c.Storage.DefaultPool; strings.ContainsAny(n, "/ \t\n") || strings.HasPrefix(n, ".") {
+		errs = append(errs, fmt.Errorf("storage.default_pool: %q is not a pool name", n))
+	}
+	for i, r := range c.Storage.PoolRoots {
+		if !filepath.IsAbs(r) || filepath.Clean(r) != r || r == "/" {
+			errs = append(errs, fmt.Errorf("storage.pool_roots[%d]: %q must be a clean absolute directory other than /", i, r))
+		}
+	}
 	if strings.ContainsAny(c.NodeName, " /\t\n") {
 		errs = append(errs, fmt.Errorf("node_name: %q must not contain spaces or slashes", c.NodeName))
 	}
@@ -199,4 +325,41 @@ func ParseLevel(s string) (slog.Level, error) {
 		return 0, fmt.Errorf("%q is not one of debug, info, warn, error", s)
 	}
 	return l, nil
+}
+
+func (c Cluster) validate() []error {
+	var errs []error
+	hostPort := func(field, v string) (string, bool) {
+		h, p, err := net.SplitHostPort(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %q is not host:port: %w", field, v, err))
+			return "", false
+		}
+		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
+			errs = append(errs, fmt.Errorf("%s: %q: port %q is not a number 0-65535", field, v, p))
+			return "", false
+		}
+		return h, true
+	}
+	if c.Bind == "" {
+		errs = append(errs, errors.New("cluster.bind: must not be empty (e.g. 0.0.0.0:7946)"))
+	} else if h, ok := hostPort("cluster.bind", c.Bind); ok && h != "" && net.ParseIP(h) == nil {
+		errs = append(errs, fmt.Errorf("cluster.bind: %q: the host must be an IP address", c.Bind))
+	}
+	if c.Advertise != "" {
+		if h, ok := hostPort("cluster.advertise", c.Advertise); ok {
+			if ip := net.ParseIP(h); ip == nil || ip.IsUnspecified() {
+				errs = append(errs, fmt.Errorf("cluster.advertise: %q: the host must be a specific IP address", c.Advertise))
+			}
+		}
+	}
+	for i, j := range c.Join {
+		if h, ok := hostPort(fmt.Sprintf("cluster.join[%d]", i), j); ok && h == "" {
+			errs = append(errs, fmt.Errorf("cluster.join[%d]: %q has no host", i, j))
+		}
+	}
+	if c.EnrollFile != "" && !filepath.IsAbs(c.EnrollFile) {
+		errs = append(errs, fmt.Errorf("cluster.enroll_file: %q must be an absolute path", c.EnrollFile))
+	}
+	return errs
 }

@@ -47,6 +47,23 @@ func TestParse(t *testing.T) {
 		{name: "bad domain type", in: "libvirt:\n  domain_type: xen\n", wantErr: "libvirt.domain_type:"},
 		{name: "unknown libvirt key", in: "libvirt:\n  sock: /x\n", wantErr: "unknown field \"sock\""},
 		{name: "not yaml", in: "listen: \"unterminated\n", wantErr: "["},
+		{name: "cluster defaults", in: "", check: func(t *testing.T, c Config) {
+			if !c.Cluster.Enabled || !c.Cluster.MDNS || c.Cluster.Bind != "0.0.0.0:7946" || c.Cluster.EnrollFile != "/etc/debvisor/cluster-enroll.yaml" {
+				t.Errorf("cluster defaults: %+v", c.Cluster)
+			}
+		}},
+		{name: "cluster section", in: "cluster:\n  bind: 10.0.0.5:7946\n  advertise: 10.0.0.5:7946\n  mdns: false\n  join: [10.0.1.2:7443, \"n1.lab:7443\"]\n", check: func(t *testing.T, c Config) {
+			if c.Cluster.MDNS || len(c.Cluster.Join) != 2 || c.Cluster.Advertise != "10.0.0.5:7946" {
+				t.Errorf("cluster: %+v", c.Cluster)
+			}
+		}},
+		{name: "cluster bind not host:port", in: "cluster:\n  bind: 7946\n", wantErr: "cluster.bind: \"7946\" is not host:port"},
+		{name: "cluster bind hostname", in: "cluster:\n  bind: node1:7946\n", wantErr: "cluster.bind: \"node1:7946\": the host must be an IP address"},
+		{name: "cluster bad port", in: "cluster:\n  bind: \":99999\"\n", wantErr: "port \"99999\" is not a number"},
+		{name: "cluster advertise unspecified", in: "cluster:\n  advertise: 0.0.0.0:7946\n", wantErr: "cluster.advertise:"},
+		{name: "cluster join without host", in: "cluster:\n  join: [\":7443\"]\n", wantErr: "cluster.join[0]: \":7443\" has no host"},
+		{name: "cluster relative enroll file", in: "cluster:\n  enroll_file: enroll.yaml\n", wantErr: "cluster.enroll_file:"},
+		{name: "cluster unknown key", in: "cluster:\n  gossip: x\n", wantErr: "unknown field \"gossip\""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

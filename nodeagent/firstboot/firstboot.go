@@ -231,7 +231,7 @@ func applyPreseed(ctx context.Context, cfg *Config) (string, error) {
 	if cfg.live() && p.Hostname != "" {
 		_ = run(ctx, "hostname", p.Hostname)
 	}
-	cfg.Log.Info("preseed applied", "from", file, "hostname", p.Hostname, "pki", p.PKI != nil, "files", len(p.Files))
+	cfg.Log.Info("preseed applied", "from", file, "hostname", p.Hostname, "pki", p.PKI != nil, "cluster", p.Cluster != nil, "files", len(p.Files))
 	return file, nil
 }
 
@@ -290,6 +290,11 @@ func Apply(root, seedDir string, p *osimage.Preseed) error {
 			return err
 		}
 	}
+	if p.Cluster != nil {
+		if err := applyCluster(at, seedDir, *p.Cluster); err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+	}
 	for _, f := range p.Files {
 		mode, _ := f.FileMode()
 		if err := writeFile(at(f.Path), []byte(f.Content), os.FileMode(mode)); err != nil {
@@ -297,6 +302,36 @@ func Apply(root, seedDir string, p *osimage.Preseed) error {
 		}
 	}
 	return nil
+}
+
+// applyCluster hands the preseed's cluster section to the agent: a CA made
+// beforehand is installed into the PKI directory, the rest goes to the
+// enroll file (0600: it holds the join token), which the agent acts on at
+// its next start (bootstrap or join) and then removes.
+func applyCluster(at func(string) string, seedDir string, c osimage.ClusterEnrollment) error {
+	if c.CA != "" {
+		for _, f := range []struct {
+			src, dst string
+			mode     os.FileMode
+		}{{c.CA, osimage.PKICA, 0o644}, {c.CAKey, osimage.PKICAKey, 0o600}} {
+			data, err := os.ReadFile(filepath.Join(seedDir, f.src))
+			if err != nil {
+				return err
+			}
+			if err := writeFile(at(f.dst), data, f.mode); err != nil {
+				return err
+			}
+		}
+		if err := os.Chmod(at(osimage.PKIDir), 0o700); err != nil {
+			return err
+		}
+		c.CA, c.CAKey = "", ""
+	}
+	data, err := c.Marshal()
+	if err != nil {
+		return err
+	}
+	return writeFile(at(osimage.ClusterEnrollPath), data, 0o600)
 }
 
 // waitNetwork reports whether any non-loopback interface gets a global

@@ -121,3 +121,87 @@ func TestNoPreseed(t *testing.T) {
 		t.Fatalf("%+v %v", res, err)
 	}
 }
+
+// TestPreseedCluster: the preseed's cluster section becomes the enroll file
+// the agent reads (0600, the token inside), and a CA made beforehand is
+// installed for a bootstrapping node; a join section is written as given.
+func TestPreseedCluster(t *testing.T) {
+	const tok = "abcdef.0123456789abcdef"
+	hash := "sha256:" + strings.Repeat("ab", 32)
+	t.Run("bootstrap with CA", func(t *testing.T) {
+		root := t.TempDir()
+		seed := filepath.Join(root, "seed")
+		writeAll(t, root, map[string]string{"seed/ca.crt": "CA", "seed/ca.key": "CAKEY"})
+		p, err := osimage.ParsePreseed([]byte("version: 1\ncluster:\n  bootstrap: true\n  name: lab\n  token: " + tok + "\n  ca: ca.crt\n  ca_key: ca.key\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Apply(root, seed, p); err != nil {
+			t.Fatal(err)
+		}
+		for path, want := range map[string]struct {
+			content string
+			mode    os.FileMode
+		}{osimage.PKICA: {"CA", 0o644}, osimage.PKICAKey: {"CAKEY", 0o600}} {
+			b, err := os.ReadFile(filepath.Join(root, path))
+			if err != nil || string(b) != want.content {
+				t.Errorf("%s = %q, %v", path, b, err)
+			}
+			if st, _ := os.Stat(filepath.Join(root, path)); st == nil || st.Mode().Perm() != want.mode {
+				t.Errorf("%s mode %v", path, st.Mode().Perm())
+			}
+		}
+		e := readEnroll(t, root)
+		if !e.Bootstrap || e.Token != tok || e.Name != "lab" || e.CA != "" || e.CAKey != "" {
+			t.Errorf("enroll file %+v", e)
+		}
+	})
+	t.Run("join", func(t *testing.T) {
+		root := t.TempDir()
+		p, err := osimage.ParsePreseed([]byte("version: 1\ncluster:\n  token: " + tok + "\n  ca_cert_hash: " + hash + "\n  join: [10.0.0.1:7443]\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Apply(root, root, p); err != nil {
+			t.Fatal(err)
+		}
+		e := readEnroll(t, root)
+		if e.Bootstrap || e.Token != tok || e.CACertHash != hash || len(e.Join) != 1 {
+			t.Errorf("enroll file %+v", e)
+		}
+		if _, err := os.Stat(filepath.Join(root, osimage.PKICAKey)); err == nil {
+			t.Error("a joining node got a CA key")
+		}
+	})
+	t.Run("missing CA file changes nothing", func(t *testing.T) {
+		root := t.TempDir()
+		p, err := osimage.ParsePreseed([]byte("version: 1\ncluster:\n  bootstrap: true\n  ca: ca.crt\n  ca_key: ca.key\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Apply(root, root, p); err == nil || !strings.Contains(err.Error(), "cluster:") {
+			t.Fatalf("Apply = %v, want a cluster error", err)
+		}
+		if _, err := os.Stat(filepath.Join(root, osimage.ClusterEnrollPath)); err == nil {
+			t.Error("enroll file written although the CA was missing")
+		}
+	})
+}
+
+func readEnroll(t *testing.T, root string) *osimage.ClusterEnrollment {
+	t.Helper()
+	p := filepath.Join(root, osimage.ClusterEnrollPath)
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("enroll file mode %v, want 0600 (it holds the token)", st.Mode().Perm())
+	}
+	b, _ := os.ReadFile(p)
+	e, err := osimage.ParseClusterEnrollment(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/nodeagent/fault"
 )
 
 // ErrNotFound is returned for an unknown operation id.
@@ -57,6 +58,9 @@ type Manager struct {
 	ops   map[string]*op
 	order []string // ids, oldest first
 	locks map[string]chan struct{}
+	// requests maps a retryable request (Request.key) to its operation's
+	// id, for as long as the operation is remembered.
+	requests map[string]string
 }
 
 type op struct {
@@ -64,7 +68,24 @@ type op struct {
 	pb     *v1.Operation
 	cancel context.CancelFunc
 	done   chan struct{}
+	// request and hash: the retryable request that started it, if any.
+	request, hash string
 }
+
+// Request identifies a client request that may be sent again after its
+// answer was lost: StartOnce returns the operation it started instead of
+// running the work twice.
+type Request struct {
+	// Scope separates the request ids of different calls ("vm.create").
+	Scope string
+	// ID is the client's request id.
+	ID string
+	// Hash stands for what the request asked for; the same id with
+	// another hash is a different request and is refused.
+	Hash string
+}
+
+func (r Request) key() string { return r.Scope + "\x00" + r.ID }
 
 // Option configures a Manager.
 type Option func(*Manager)
@@ -79,13 +100,14 @@ func WithHistory(n int) Option { return func(m *Manager) { m.keep = n } }
 func NewManager(log *slog.Logger, opts ...Option) *Manager {
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
-		log:     log,
-		now:     time.Now,
-		keep:    1000,
-		baseCtx: ctx,
-		stop:    cancel,
-		ops:     map[string]*op{},
-		locks:   map[string]chan struct{}{},
+		log:      log,
+		now:      time.Now,
+		keep:     1000,
+		baseCtx:  ctx,
+		stop:     cancel,
+		ops:      map[string]*op{},
+		locks:    map[string]chan struct{}{},
+		requests: map[string]string{},
 	}
 	for _, o := range opts {
 		o(m)
@@ -95,6 +117,42 @@ func NewManager(log *slog.Logger, opts ...Option) *Manager {
 
 // Start queues fn and returns the new operation at once.
 func (m *Manager) Start(spec Spec, fn Func) *v1.Operation {
+	op, _, _ := m.start(spec, nil, fn)
+	return op
+}
+
+// StartOnce is Start for a retryable request: when an operation for req
+// is remembered, it is returned (started false) and fn is not run; the
+// same request id with a different hash is an Invalid error on
+// "request_id".
+func (m *Manager) StartOnce(spec Spec, req Request, fn Func) (_ *v1.Operation, started bool, _ error) {
+	return m.start(spec, &req, fn)
+}
+
+// Lookup returns the remembered operation of req, if any (see StartOnce).
+func (m *Manager) Lookup(req Request) (*v1.Operation, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	o, err := m.requestLocked(req)
+	if o == nil || err != nil {
+		return nil, false, err
+	}
+	return o.snapshot(), true, nil
+}
+
+func (m *Manager) requestLocked(req Request) (*op, error) {
+	id, ok := m.requests[req.key()]
+	if !ok {
+		return nil, nil
+	}
+	o := m.ops[id]
+	if o.hash != req.Hash {
+		return nil, fault.Invalidf("request_id", "%q was already used for a different request (operation %s on %s); use a new request_id", req.ID, id, o.pb.Target)
+	}
+	return o, nil
+}
+
+func (m *Manager) start(spec Spec, req *Request, fn Func) (*v1.Operation, bool, error) {
 	id := newID()
 	ctx, cancel := context.WithCancel(m.baseCtx)
 	o := &op{
@@ -115,6 +173,19 @@ func (m *Manager) Start(spec Spec, fn Func) *v1.Operation {
 	locks = slices.Compact(locks)
 
 	m.mu.Lock()
+	if req != nil {
+		prev, err := m.requestLocked(*req)
+		if prev != nil || err != nil {
+			m.mu.Unlock()
+			cancel()
+			if err != nil {
+				return nil, false, err
+			}
+			return prev.snapshot(), false, nil
+		}
+		o.request, o.hash = req.key(), req.Hash
+		m.requests[o.request] = id
+	}
 	m.ops[id] = o
 	m.order = append(m.order, id)
 	m.gcLocked()
@@ -122,7 +193,7 @@ func (m *Manager) Start(spec Spec, fn Func) *v1.Operation {
 
 	m.wg.Add(1)
 	go m.run(ctx, o, locks, fn)
-	return o.snapshot()
+	return o.snapshot(), true, nil
 }
 
 func (m *Manager) run(ctx context.Context, o *op, locks []string, fn Func) {
@@ -160,7 +231,7 @@ func (m *Manager) run(ctx context.Context, o *op, locks []string, fn Func) {
 	err := func() (err error) {
 		defer func() {
 			if r := recover(); r != nil {
-				err = status.Errorf(codes.Internal, "operation panicked: %v", r)
+				err = fault.Errorf(fault.Internal, "operation panicked: %v", r)
 			}
 		}()
 		return fn(ctx, &Progress{op: o})
@@ -186,14 +257,9 @@ func (m *Manager) finish(o *op, err error, log *slog.Logger) {
 		log.Info("operation cancelled")
 	default:
 		o.pb.State = v1.Operation_STATE_FAILED
-		st, _ := status.FromError(err)
-		code := st.Code()
-		if code == codes.Unknown {
-			code = codes.Internal
-		}
-		o.pb.ErrorCode = int32(code)
+		o.pb.ErrorCode = int32(fault.KindOf(err).Code())
 		o.pb.Error = err.Error()
-		if st != nil && st.Message() != "" {
+		if st, ok := status.FromError(err); ok && st.Message() != "" {
 			o.pb.Error = st.Message()
 		}
 		log.Warn("operation failed", "err", err)
@@ -222,6 +288,9 @@ func (m *Manager) gcLocked() {
 		o := m.ops[id]
 		if excess > 0 && o.ended() {
 			delete(m.ops, id)
+			if o.request != "" && m.requests[o.request] == id {
+				delete(m.requests, o.request)
+			}
 			excess--
 			continue
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -209,5 +210,53 @@ func TestListFilter(t *testing.T) {
 	}
 	if l := m.List(Filter{States: []v1.Operation_State{v1.Operation_STATE_FAILED}}); len(l) != 1 || l[0].Id != b.Id {
 		t.Errorf("state filter: %v", l)
+	}
+}
+
+// TestStartOnce: a retried request gets the operation of its first send, whether that is still
+// running or done, and the work runs once; the same id for another request is refused; a
+// different scope is a different request; the mapping is forgotten with the operation.
+func TestStartOnce(t *testing.T) {
+	m := newManager(t, WithHistory(2))
+	var runs atomic.Int32
+	release := make(chan struct{})
+	fn := func(context.Context, *Progress) error { runs.Add(1); <-release; return nil }
+	spec := Spec{Kind: "vm.create", Target: "vm/a", Locks: []string{"vm/a"}}
+	req := Request{Scope: "vm.create", ID: "r1", Hash: "h1"}
+
+	first, started, err := m.StartOnce(spec, req, fn)
+	if err != nil || !started {
+		t.Fatalf("first StartOnce: started=%v err=%v", started, err)
+	}
+	again, started, err := m.StartOnce(spec, req, fn)
+	if err != nil || started || again.GetId() != first.GetId() {
+		t.Fatalf("retry while running: id %s (first %s), started=%v err=%v", again.GetId(), first.GetId(), started, err)
+	}
+	if got, ok, err := m.Lookup(req); err != nil || !ok || got.GetId() != first.GetId() {
+		t.Fatalf("Lookup = %v, %v, %v", got, ok, err)
+	}
+	_, _, err = m.StartOnce(spec, Request{Scope: "vm.create", ID: "r1", Hash: "other"}, fn)
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), `request_id: "r1" was already used for a different request`) {
+		t.Fatalf("same id, other request: %v", err)
+	}
+	other, started, err := m.StartOnce(Spec{Kind: "pool.create"}, Request{Scope: "pool.create", ID: "r1", Hash: "h1"}, func(context.Context, *Progress) error { return nil })
+	if err != nil || !started || other.GetId() == first.GetId() {
+		t.Fatalf("other scope: %v started=%v err=%v", other, started, err)
+	}
+	close(release)
+	wait(t, m, first.GetId())
+	done, started, err := m.StartOnce(spec, req, fn)
+	if err != nil || started || done.GetId() != first.GetId() || done.GetState() != v1.Operation_STATE_SUCCEEDED {
+		t.Fatalf("retry after the end: %v started=%v err=%v", done, started, err)
+	}
+	if n := runs.Load(); n != 1 {
+		t.Fatalf("the work ran %d times, want 1", n)
+	}
+	// History of 2: two more operations push the first out, and its request with it.
+	wait(t, m, other.GetId())
+	wait(t, m, m.Start(Spec{Kind: "x"}, func(context.Context, *Progress) error { return nil }).GetId())
+	wait(t, m, m.Start(Spec{Kind: "x"}, func(context.Context, *Progress) error { return nil }).GetId())
+	if _, ok, _ := m.Lookup(req); ok {
+		t.Fatal("request still remembered after its operation was forgotten")
 	}
 }

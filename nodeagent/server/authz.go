@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
-	"github.com/debvisor/debvisor/nodeagent/pki"
+	"github.com/debvisor/debvisor/internal/pki"
 )
 
 // methodRoles is THE table of who may call what: the minimum role for every
@@ -56,6 +56,21 @@ var methodRoles = map[string]pki.Role{
 	v1.VMService_StreamConsole_FullMethodName:  pki.RoleOperator,
 	v1.VMService_GetVMAddresses_FullMethodName: pki.RoleReader,
 
+	v1.ClusterService_GetCluster_FullMethodName:      pki.RoleReader,
+	v1.ClusterService_ListMembers_FullMethodName:     pki.RoleReader,
+	v1.ClusterService_CreateJoinToken_FullMethodName: pki.RoleAdmin,
+	v1.ClusterService_ListJoinTokens_FullMethodName:  pki.RoleAdmin,
+	v1.ClusterService_DeleteJoinToken_FullMethodName: pki.RoleAdmin,
+	// RoleNone: public. A node that is joining has no certificate yet; the
+	// join token in the request authenticates it (checked by the handler),
+	// and TestPublicMethods pins this to the one method.
+	v1.ClusterService_Join_FullMethodName: pki.RoleNone,
+
+	v1.UpgradeService_Upgrade_FullMethodName:  pki.RoleAdmin,
+	v1.UpgradeService_GetSlots_FullMethodName: pki.RoleReader,
+	v1.UpgradeService_Rollback_FullMethodName: pki.RoleAdmin,
+	v1.UpgradeService_Commit_FullMethodName:   pki.RoleAdmin,
+
 	healthpb.Health_Check_FullMethodName: pki.RoleReader,
 	healthpb.Health_Watch_FullMethodName: pki.RoleReader,
 	healthpb.Health_List_FullMethodName:  pki.RoleReader,
@@ -72,6 +87,11 @@ type Identity struct {
 	// Name is the certificate's common name, or "local:uid=N" on the socket.
 	Name string
 	Role pki.Role
+	// Via names the member that forwarded the call ("" when direct).
+	Via string
+	// cert is the caller's client certificate (DER), which a forwarded
+	// call carries to the target; nil on the local socket.
+	cert []byte
 }
 
 type identityKey struct{}
@@ -99,6 +119,7 @@ const (
 const (
 	mdIdentity = "x-debvisor-identity"
 	mdRole     = "x-debvisor-role"
+	mdCert     = "x-debvisor-cert-bin"
 )
 
 func (s *Server) authenticate(ctx context.Context, mode authMode) (Identity, error) {
@@ -112,7 +133,11 @@ func (s *Server) authenticate(ctx context.Context, mode authMode) (Identity, err
 		if !ok {
 			return Identity{}, status.Error(codes.Unauthenticated, "connection is not TLS: the API is mTLS only")
 		}
-		return s.identityFromCerts(info.State.PeerCertificates)
+		id, err := s.identityFromCerts(info.State.PeerCertificates)
+		if err != nil {
+			return id, err
+		}
+		return s.forwardedIdentity(ctx, id, info.State.PeerCertificates[0])
 	case authLocal:
 		info, ok := p.AuthInfo.(peerCredInfo)
 		if !ok {
@@ -134,7 +159,11 @@ func (s *Server) authenticate(ctx context.Context, mode authMode) (Identity, err
 		if err != nil {
 			return Identity{}, status.Error(codes.Unauthenticated, err.Error())
 		}
-		return Identity{Name: names[0], Role: r}, nil
+		id := Identity{Name: names[0], Role: r}
+		if c := md.Get(mdCert); len(c) == 1 {
+			id.cert = []byte(c[0])
+		}
+		return id, nil
 	}
 	return Identity{}, status.Error(codes.Internal, "unknown auth mode")
 }
@@ -154,7 +183,7 @@ func (s *Server) identityFromCerts(chain []*x509.Certificate) (Identity, error) 
 	if err := pki.Verify(chain[0], chain[1:], roots, now); err != nil {
 		return Identity{}, status.Error(codes.Unauthenticated, err.Error())
 	}
-	id := Identity{Name: chain[0].Subject.CommonName, Role: pki.RoleOf(chain[0])}
+	id := Identity{Name: chain[0].Subject.CommonName, Role: pki.RoleOf(chain[0]), cert: chain[0].Raw}
 	s.verified.put(key, roots, chain[0].NotAfter, id)
 	return id, nil
 }
@@ -212,8 +241,17 @@ func shortMethod(m string) string {
 	return m
 }
 
+// public reports whether a method needs no authenticated caller (Join).
+func public(method string) bool {
+	r, ok := methodRoles[method]
+	return ok && r == pki.RoleNone
+}
+
 func (s *Server) unaryAuth(mode authMode) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if public(info.FullMethod) {
+			return h(ctx, req)
+		}
 		id, err := s.authenticate(ctx, mode)
 		if err != nil {
 			return nil, err
@@ -234,6 +272,9 @@ func (w wrappedStream) Context() context.Context { return w.ctx }
 
 func (s *Server) streamAuth(mode authMode) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if public(info.FullMethod) {
+			return h(srv, ss)
+		}
 		id, err := s.authenticate(ss.Context(), mode)
 		if err != nil {
 			return err
@@ -248,6 +289,9 @@ func (s *Server) streamAuth(mode authMode) grpc.StreamServerInterceptor {
 // requestedBy names the caller for operation records.
 func requestedBy(ctx context.Context) string {
 	if id, ok := IdentityFrom(ctx); ok {
+		if id.Via != "" {
+			return id.Name + " (via " + id.Via + ")"
+		}
 		return id.Name
 	}
 	return ""

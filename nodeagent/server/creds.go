@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,14 +9,15 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/debvisor/debvisor/internal/pki"
 	"github.com/debvisor/debvisor/nodeagent/config"
-	"github.com/debvisor/debvisor/nodeagent/pki"
 )
 
 // pkiStore serves the node certificate and the trusted CA bundle, reloading
@@ -71,6 +73,15 @@ func (p *pkiStore) reload() error {
 	leaf, err := x509.ParseCertificate(kp.Certificate[0])
 	if err != nil {
 		return err
+	}
+	// Serve the CA bundle behind the node certificate: a node joining the
+	// cluster has no CA yet, only its hash, and finds the CA to check the
+	// pin against in this chain (kubeadm's discovery does the same with a
+	// signed config map). CA certificates are public.
+	for _, ca := range cas {
+		if !slices.ContainsFunc(kp.Certificate[1:], func(der []byte) bool { return bytes.Equal(der, ca.Raw) }) {
+			kp.Certificate = append(kp.Certificate, ca.Raw)
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
 )
 
 // gatewayHandler builds the REST/JSON handler. It authenticates the client
@@ -31,11 +33,17 @@ func (s *Server) gatewayHandler(ctx context.Context, mem *bufconn.Listener) (htt
 			if strings.HasPrefix(strings.ToLower(strings.TrimPrefix(strings.ToLower(key), "grpc-metadata-")), "x-debvisor-") {
 				return "", false
 			}
+			// The one custom header passed on: which member to forward to.
+			if strings.EqualFold(key, runtime.MetadataHeaderPrefix+v1.NodeMetadataKey) {
+				return v1.NodeMetadataKey, true
+			}
 			return runtime.DefaultHeaderMatcher(key)
 		}),
 		runtime.WithMetadata(func(ctx context.Context, r *http.Request) metadata.MD {
 			id, _ := ctx.Value(identityKey{}).(Identity)
-			return metadata.Pairs(mdIdentity, id.Name, mdRole, id.Role.String())
+			// The certificate goes along so the call can be forwarded to
+			// another member (forward.go), which checks it itself.
+			return metadata.Pairs(mdIdentity, id.Name, mdRole, id.Role.String(), mdCert, string(id.cert))
 		}),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: false},
@@ -43,7 +51,7 @@ func (s *Server) gatewayHandler(ctx context.Context, mem *bufconn.Listener) (htt
 		}),
 	)
 	for _, svc := range s.services {
-		if err := svc.registerGateway(ctx, mux, conn); err != nil {
+		if err := svc.RegisterGateway(ctx, mux, conn); err != nil {
 			conn.Close()
 			return nil, nil, err
 		}

@@ -14,10 +14,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/debvisor/debvisor/internal/pki"
 	"github.com/debvisor/debvisor/nodeagent/config"
 	"github.com/debvisor/debvisor/nodeagent/health"
 	"github.com/debvisor/debvisor/nodeagent/operation"
-	"github.com/debvisor/debvisor/nodeagent/pki"
 	"github.com/debvisor/debvisor/nodeagent/sysinfo"
 )
 
@@ -109,6 +109,9 @@ func startAgent(t testing.TB, mods ...func(*Deps)) *testAgent {
 	}
 	srv, err := New(cfg, deps)
 	must(t, err)
+	// No libvirt here: the VM and storage services answer FailedPrecondition.
+	// Not in a cluster either: the cluster service answers FailedPrecondition.
+	must(t, srv.Register(NewStorageService(nil, deps.Ops), NewVMService(nil, deps.Ops), NewUpgradeService(nil, deps.Ops), NewClusterService(nil, nil)))
 	must(t, DefaultChecks(srv))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

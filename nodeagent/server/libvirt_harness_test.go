@@ -20,12 +20,14 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
-	"github.com/debvisor/debvisor/internal/testenv/libvirtd"
 	"github.com/debvisor/debvisor/nodeagent/config"
 	"github.com/debvisor/debvisor/nodeagent/health"
 	"github.com/debvisor/debvisor/nodeagent/libvirtconn"
 	"github.com/debvisor/debvisor/nodeagent/operation"
+	"github.com/debvisor/debvisor/nodeagent/storage"
 	"github.com/debvisor/debvisor/nodeagent/sysinfo"
+	"github.com/debvisor/debvisor/nodeagent/vm"
+	"github.com/debvisor/debvisor/testenv/libvirtd"
 )
 
 // lvAgent is an agent connected to the real libvirtd, with clients.
@@ -70,11 +72,25 @@ func startLibvirtAgent(t testing.TB) *lvAgent {
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	conn := libvirtconn.New(libvirtconn.Config{Socket: env.Socket}, log)
 	t.Cleanup(func() { conn.Close() })
-	srv, err := New(cfg, Deps{Log: log, Ops: operation.NewManager(log), Health: health.NewRegistry(nil), SysInfo: sysinfo.Reader{Root: "/"}, Libvirt: conn})
+	ops := operation.NewManager(log)
+	srv, err := New(cfg, Deps{Log: log, Ops: ops, Health: health.NewRegistry(nil), SysInfo: sysinfo.Reader{Root: "/"}})
 	must(t, err)
+	// Pools may live anywhere in this test's directory, never in this
+	// agent's state (dir/state) or PKI.
+	cfg.Storage.PoolRoots = []string{dir}
+	st := storage.New(conn, storage.Config{Policy: storage.Policy{Roots: cfg.Storage.PoolRoots,
+		Protected: append([]string{cfg.StateDir, p.dir}, storage.SystemProtected...)}, StateDir: cfg.StateDir}, log)
+	vms := vm.New(conn, st, vm.Config{SeedDir: filepath.Join(cfg.StateDir, "vm-seeds")}, log)
+	must(t, srv.Register(
+		NewStorageService(st, ops),
+		NewVMService(vms, ops),
+	))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
+	events := make(chan error, 1)
+	go func() { events <- vms.WatchEvents(ctx) }()
+	t.Cleanup(func() { cancel(); <-events })
 	select {
 	case <-srv.Ready():
 	case err := <-done:

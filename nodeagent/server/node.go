@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -23,9 +22,9 @@ type nodeService struct {
 	s *Server
 }
 
-func (n *nodeService) register(g grpc.ServiceRegistrar) { v1.RegisterNodeServiceServer(g, n) }
+func (n *nodeService) RegisterGRPC(g grpc.ServiceRegistrar) { v1.RegisterNodeServiceServer(g, n) }
 
-func (n *nodeService) registerGateway(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
+func (n *nodeService) RegisterGateway(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
 	return v1.RegisterNodeServiceHandler(ctx, mux, conn)
 }
 
@@ -91,33 +90,26 @@ func (n *nodeService) CheckHealth(ctx context.Context, req *v1.CheckHealthReques
 	return op, nil
 }
 
-// DefaultChecks registers the checks every agent has.
+// DefaultChecks registers the checks every agent has: its state dir is
+// writable and has room, its certificate has at least a week left, and its
+// mTLS API answers a TLS handshake with a certificate chaining to the
+// cluster CA.
 func DefaultChecks(s *Server) error {
-	for _, c := range []struct {
-		name     string
-		critical bool
-		run      func(context.Context) error
-	}{
-		{"state-dir-writable", true, health.DirWritable(s.cfg.StateDir)},
-		{"state-dir-free-space", false, health.FreeSpace(s.cfg.StateDir, 0.05)},
-		{"node-certificate", false, healthCert(s)},
+	for _, c := range []health.Check{
+		{Name: "state-dir-writable", Critical: true, Run: health.DirWritable(s.cfg.StateDir)},
+		{Name: "state-dir-free-space", Run: health.FreeSpace(s.cfg.StateDir, 0.05)},
+		{Name: "node-certificate", Run: health.CertValidFor(s.pki.Leaf, s.now, CertMinValidity)},
+		{Name: "api-serving", Critical: true, Run: func(ctx context.Context) error {
+			return health.TLSServing(s.Addrs().GRPC, s.pki.Roots)(ctx)
+		}},
 	} {
-		if err := s.hlth.Add(health.Check{Name: c.name, Critical: c.critical, Run: c.run}); err != nil {
+		if err := s.hlth.Add(c); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func healthCert(s *Server) func(context.Context) error {
-	return func(context.Context) error {
-		leaf := s.pki.Leaf()
-		if leaf == nil {
-			return fmt.Errorf("no node certificate loaded")
-		}
-		if left := leaf.NotAfter.Sub(s.now()); left < 14*24*time.Hour {
-			return fmt.Errorf("node certificate expires at %s (in %s): renew it", leaf.NotAfter.UTC().Format(time.RFC3339), left.Round(time.Minute))
-		}
-		return nil
-	}
-}
+// CertMinValidity is how long the node certificate must still be valid for
+// the node to count as healthy.
+const CertMinValidity = 7 * 24 * time.Hour

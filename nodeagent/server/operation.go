@@ -24,9 +24,11 @@ type operationService struct {
 	s *Server
 }
 
-func (o *operationService) register(g grpc.ServiceRegistrar) { v1.RegisterOperationServiceServer(g, o) }
+func (o *operationService) RegisterGRPC(g grpc.ServiceRegistrar) {
+	v1.RegisterOperationServiceServer(g, o)
+}
 
-func (o *operationService) registerGateway(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
+func (o *operationService) RegisterGateway(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
 	return v1.RegisterOperationServiceHandler(ctx, mux, conn)
 }
 

@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
-	"github.com/debvisor/debvisor/nodeagent/pki"
+	"github.com/debvisor/debvisor/internal/pki"
 )
 
 type fakeClock struct {

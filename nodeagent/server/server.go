@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -26,18 +28,17 @@ import (
 
 	"github.com/debvisor/debvisor/nodeagent/config"
 	"github.com/debvisor/debvisor/nodeagent/health"
-	"github.com/debvisor/debvisor/nodeagent/libvirtconn"
 	"github.com/debvisor/debvisor/nodeagent/operation"
-	"github.com/debvisor/debvisor/nodeagent/storage"
 	"github.com/debvisor/debvisor/nodeagent/sysinfo"
-	"github.com/debvisor/debvisor/nodeagent/vm"
 )
 
-// service is one gRPC service implementation, registered on every listener
-// and on the REST gateway.
-type service interface {
-	register(grpc.ServiceRegistrar)
-	registerGateway(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error
+// Service is one gRPC service implementation. The server exposes every
+// registered service on each listener (mTLS, unix socket) and on the REST
+// gateway; the composition root (nodeagent/agent) builds the services with
+// their collaborators and registers them before Run.
+type Service interface {
+	RegisterGRPC(grpc.ServiceRegistrar)
+	RegisterGateway(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error
 }
 
 // Deps are the collaborators the server needs; tests inject their own.
@@ -49,9 +50,9 @@ type Deps struct {
 	SysInfo sysinfo.Reader
 	// Registry receives the agent's metrics; a new one when nil.
 	Registry *prometheus.Registry
-	// Libvirt is the hypervisor connection; nil runs the agent without the
-	// VM and storage services (they answer FailedPrecondition).
-	Libvirt *libvirtconn.Conn
+	// Router resolves cluster members for forwarded calls; nil on a node
+	// that is not in a cluster (forwarding is then refused).
+	Router Router
 }
 
 // Server is a running (or ready to run) agent API.
@@ -69,18 +70,17 @@ type Server struct {
 	met   *metrics
 
 	verified verifyCache
+	router   Router
+	fwd      forwarder
 
-	// nil without libvirt
-	vms     *vm.Manager
-	storage *storage.Manager
-
-	services []service
+	services []Service
 	grpcs    []*grpc.Server
 	healthS  *grpchealth.Server
 
-	mu    sync.Mutex
-	addrs Addrs
-	ready chan struct{}
+	mu      sync.Mutex
+	running bool
+	addrs   Addrs
+	ready   chan struct{}
 }
 
 // Addrs are the addresses the server actually listens on (ports resolved).
@@ -88,7 +88,8 @@ type Addrs struct {
 	GRPC, REST, Metrics, Socket string
 }
 
-// New validates cfg, loads the PKI and builds the server; Run starts it.
+// New validates cfg, loads the PKI and builds the server with its own
+// services (node, operations); Register adds the others; Run starts it.
 func New(cfg config.Config, d Deps) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -115,24 +116,22 @@ func New(cfg config.Config, d Deps) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: d.Log, now: d.Now, start: d.Now(), uid: os.Getuid(),
 		pki: store, ops: d.Ops, hlth: d.Health, sys: sysinfo.NewCached(d.SysInfo), reg: d.Registry,
-		ready: make(chan struct{}),
+		ready: make(chan struct{}), router: d.Router,
 	}
 	s.met = newMetrics(d.Registry)
-	if d.Libvirt != nil {
-		seeds := cfg.Libvirt.SeedDir
-		if seeds == "" {
-			seeds = filepath.Join(cfg.StateDir, "vm-seeds")
-		}
-		s.vms = vm.New(d.Libvirt, vm.Config{SeedDir: seeds, DomainType: cfg.Libvirt.DomainType}, d.Log.With("component", "vm"))
-		s.storage = storage.New(d.Libvirt, d.Log.With("component", "storage"))
-	}
-	s.services = []service{
-		&nodeService{s: s},
-		&operationService{s: s},
-		&vmService{s: s},
-		&storageService{s: s},
-	}
+	s.services = []Service{&nodeService{s: s}, &operationService{s: s}}
 	return s, nil
+}
+
+// Register adds services; it must be called before Run.
+func (s *Server) Register(svcs ...Service) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running {
+		return errors.New("server: Register after Run")
+	}
+	s.services = append(s.services, svcs...)
+	return nil
 }
 
 // Ready is closed once every listener is accepting.
@@ -148,114 +147,98 @@ func (s *Server) Addrs() Addrs {
 func (s *Server) newGRPC(creds credentials.TransportCredentials, mode authMode) *grpc.Server {
 	g := grpc.NewServer(
 		grpc.Creds(creds),
-		grpc.ChainUnaryInterceptor(s.met.unary, s.unaryAuth(mode)),
-		grpc.ChainStreamInterceptor(s.met.stream, s.streamAuth(mode)),
+		grpc.ChainUnaryInterceptor(s.met.unary, s.unaryAuth(mode), s.unaryForward),
+		grpc.ChainStreamInterceptor(s.met.stream, s.streamAuth(mode), s.streamForward),
 	)
 	for _, svc := range s.services {
-		svc.register(g)
+		svc.RegisterGRPC(g)
 	}
 	healthpb.RegisterHealthServer(g, s.healthS)
 	s.grpcs = append(s.grpcs, g)
 	return g
 }
 
-// Run serves until ctx is cancelled, then shuts down gracefully within the
-// configured timeout.
+// listener is one bound endpoint and how to serve and stop it.
+type listener struct {
+	name  string
+	ln    io.Closer // the bound socket, closed when Run fails before serving
+	serve func() error
+	stop  func(ctx context.Context)
+}
+
+// Run binds every listener, serves until ctx is cancelled or one listener
+// fails, then stops all of them gracefully within the configured timeout.
+// A listener that fails (or stops on its own) takes the others down with
+// it, and the returned error names it: a node never half-serves its API.
 func (s *Server) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return errors.New("server: Run called twice")
+	}
+	s.running = true
+	s.mu.Unlock()
+
 	s.healthS = grpchealth.NewServer()
-	var lc net.ListenConfig
-
-	tcpLn, err := lc.Listen(ctx, "tcp", s.cfg.Listen)
+	lns, addrs, cleanup, err := s.bind(ctx)
+	defer cleanup()
 	if err != nil {
-		return fmt.Errorf("listen gRPC %s: %w", s.cfg.Listen, err)
-	}
-	tlsGRPC := s.newGRPC(credentials.NewTLS(s.pki.serverTLS()), authTLS)
-
-	var (
-		serveErr = make(chan error, 8)
-		servers  []func(context.Context)
-		addrs    = Addrs{GRPC: tcpLn.Addr().String()}
-	)
-	go func() { serveErr <- wrap("gRPC", tlsGRPC.Serve(tcpLn)) }()
-
-	if s.cfg.Socket != "" {
-		ln, err := listenSocket(s.cfg.Socket)
-		if err != nil {
-			return err
+		for _, l := range lns {
+			l.ln.Close()
 		}
-		local := s.newGRPC(peerCreds{}, authLocal)
-		addrs.Socket = s.cfg.Socket
-		go func() { serveErr <- wrap("socket", local.Serve(ln)) }()
-		defer os.Remove(s.cfg.Socket)
+		return err
 	}
-
-	if s.cfg.RESTListen != "" {
-		// The gateway talks to an in-memory gRPC server whose only auth is
-		// the identity the gateway itself verified from the client cert.
-		mem := bufconn.Listen(1 << 20)
-		inner := s.newGRPC(insecure.NewCredentials(), authGateway)
-		go func() { serveErr <- wrap("gateway backend", inner.Serve(mem)) }()
-		h, closeGW, err := s.gatewayHandler(ctx, mem)
-		if err != nil {
-			return err
-		}
-		defer closeGW()
-		ln, err := lc.Listen(ctx, "tcp", s.cfg.RESTListen)
-		if err != nil {
-			return fmt.Errorf("listen REST %s: %w", s.cfg.RESTListen, err)
-		}
-		addrs.REST = ln.Addr().String()
-		hs := &http.Server{Handler: h, TLSConfig: s.pki.serverTLS(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
-		go func() { serveErr <- wrap("REST", hs.ServeTLS(ln, "", "")) }()
-		servers = append(servers, func(ctx context.Context) { _ = hs.Shutdown(ctx) })
-	}
-
-	if s.cfg.MetricsListen != "" {
-		ln, err := lc.Listen(ctx, "tcp", s.cfg.MetricsListen)
-		if err != nil {
-			return fmt.Errorf("listen metrics %s: %w", s.cfg.MetricsListen, err)
-		}
-		addrs.Metrics = ln.Addr().String()
-		hs := &http.Server{Handler: s.met.handler(s.reg), ReadHeaderTimeout: 10 * time.Second}
-		go func() { serveErr <- wrap("metrics", hs.Serve(ln)) }()
-		servers = append(servers, func(ctx context.Context) { _ = hs.Shutdown(ctx) })
-	}
-
-	// The first round runs before the agent reports itself serving, so
-	// GetNode never shows a partial summary (every check is cheap).
-	s.hlth.RunAll(ctx)
 	s.mu.Lock()
 	s.addrs = addrs
 	s.mu.Unlock()
+
+	g, gctx := errgroup.WithContext(ctx)
+	for _, l := range lns {
+		g.Go(func() error {
+			err := l.serve()
+			if gctx.Err() != nil {
+				return nil // stopped by the shutdown below
+			}
+			if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, grpc.ErrServerStopped) {
+				err = errors.New("stopped unexpectedly")
+			}
+			return fmt.Errorf("%s listener: %w", l.name, err)
+		})
+	}
+	// The first health round runs once the listeners serve (api-serving
+	// dials them) but before the agent reports itself serving, so GetNode
+	// never shows a partial summary.
+	s.hlth.RunAll(gctx)
 	s.healthS.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	close(s.ready)
 	s.log.Info("agent serving", "grpc", addrs.GRPC, "rest", addrs.REST, "socket", addrs.Socket, "metrics", addrs.Metrics)
 
-	go s.healthLoop(ctx)
-
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-serveErr:
+	g.Go(func() error {
+		<-gctx.Done()
+		s.shutdown(lns)
+		return nil
+	})
+	err = g.Wait()
+	if err != nil {
+		s.log.Error("API stopped", "err", err)
 	}
-	s.shutdown(servers)
-	return runErr
+	return err
 }
 
-func (s *Server) shutdown(servers []func(context.Context)) {
-	grace := s.cfg.ShutdownGrace()
-	s.log.Info("shutting down", "grace", grace)
-	s.healthS.Shutdown()
-	ctx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
-	for _, f := range servers {
-		f(ctx)
+// bind opens every configured listener. On error the listeners bound so
+// far are returned so the caller can stop them.
+func (s *Server) bind(ctx context.Context) (lns []listener, addrs Addrs, cleanup func(), err error) {
+	var (
+		lc       net.ListenConfig
+		cleanups []func()
+	)
+	cleanup = func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
 	}
-	var wg sync.WaitGroup
-	for _, g := range s.grpcs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	grpcStop := func(g *grpc.Server) func(context.Context) {
+		return func(ctx context.Context) {
 			done := make(chan struct{})
 			go func() { g.GracefulStop(); close(done) }()
 			select {
@@ -263,25 +246,78 @@ func (s *Server) shutdown(servers []func(context.Context)) {
 			case <-ctx.Done():
 				g.Stop()
 			}
+		}
+	}
+
+	tcpLn, err := lc.Listen(ctx, "tcp", s.cfg.Listen)
+	if err != nil {
+		return nil, addrs, cleanup, fmt.Errorf("listen gRPC %s: %w", s.cfg.Listen, err)
+	}
+	addrs.GRPC = tcpLn.Addr().String()
+	tlsGRPC := s.newGRPC(credentials.NewTLS(s.pki.serverTLS()), authTLS)
+	lns = append(lns, listener{"gRPC " + addrs.GRPC, tcpLn, func() error { return tlsGRPC.Serve(tcpLn) }, grpcStop(tlsGRPC)})
+
+	if s.cfg.Socket != "" {
+		ln, err := listenSocket(s.cfg.Socket)
+		if err != nil {
+			return lns, addrs, cleanup, err
+		}
+		local := s.newGRPC(peerCreds{}, authLocal)
+		addrs.Socket = s.cfg.Socket
+		cleanups = append(cleanups, func() { os.Remove(s.cfg.Socket) })
+		lns = append(lns, listener{"socket " + s.cfg.Socket, ln, func() error { return local.Serve(ln) }, grpcStop(local)})
+	}
+
+	if s.cfg.RESTListen != "" {
+		// The gateway talks to an in-memory gRPC server whose only auth is
+		// the identity the gateway itself verified from the client cert.
+		mem := bufconn.Listen(1 << 20)
+		inner := s.newGRPC(insecure.NewCredentials(), authGateway)
+		lns = append(lns, listener{"gateway backend", mem, func() error { return inner.Serve(mem) }, grpcStop(inner)})
+		h, closeGW, err := s.gatewayHandler(ctx, mem)
+		if err != nil {
+			return lns, addrs, cleanup, err
+		}
+		cleanups = append(cleanups, closeGW)
+		ln, err := lc.Listen(ctx, "tcp", s.cfg.RESTListen)
+		if err != nil {
+			return lns, addrs, cleanup, fmt.Errorf("listen REST %s: %w", s.cfg.RESTListen, err)
+		}
+		addrs.REST = ln.Addr().String()
+		hs := &http.Server{Handler: h, TLSConfig: s.pki.serverTLS(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+		lns = append(lns, listener{"REST " + addrs.REST, ln, func() error { return hs.ServeTLS(ln, "", "") }, func(ctx context.Context) { _ = hs.Shutdown(ctx) }})
+	}
+
+	if s.cfg.MetricsListen != "" {
+		ln, err := lc.Listen(ctx, "tcp", s.cfg.MetricsListen)
+		if err != nil {
+			return lns, addrs, cleanup, fmt.Errorf("listen metrics %s: %w", s.cfg.MetricsListen, err)
+		}
+		addrs.Metrics = ln.Addr().String()
+		hs := &http.Server{Handler: s.met.handler(s.reg), ReadHeaderTimeout: 10 * time.Second}
+		lns = append(lns, listener{"metrics " + addrs.Metrics, ln, func() error { return hs.Serve(ln) }, func(ctx context.Context) { _ = hs.Shutdown(ctx) }})
+	}
+	return lns, addrs, cleanup, nil
+}
+
+func (s *Server) shutdown(lns []listener) {
+	grace := s.cfg.ShutdownGrace()
+	s.log.Info("shutting down", "grace", grace)
+	s.healthS.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, l := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.stop(ctx)
 		}()
 	}
 	wg.Wait()
+	s.fwd.close()
 	if err := s.ops.Close(ctx); err != nil {
 		s.log.Warn("shutdown", "err", err)
-	}
-}
-
-// healthLoop runs all checks every minute.
-func (s *Server) healthLoop(ctx context.Context) {
-	t := time.NewTicker(time.Minute)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		s.hlth.RunAll(ctx)
 	}
 }
 
@@ -304,11 +340,4 @@ func listenSocket(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("chmod %s: %w", path, err)
 	}
 	return ln, nil
-}
-
-func wrap(what string, err error) error {
-	if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, grpc.ErrServerStopped) {
-		return nil
-	}
-	return fmt.Errorf("%s server: %w", what, err)
 }

@@ -9,8 +9,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/api/rules"
 	"github.com/debvisor/debvisor/nodeagent/operation"
 	"github.com/debvisor/debvisor/nodeagent/storage"
 )
@@ -20,22 +22,31 @@ const maxUploadChunk = 4 << 20
 
 type storageService struct {
 	v1.UnimplementedStorageServiceServer
-	s *Server
+	storage *storage.Manager // nil without libvirt
+	ops     *operation.Manager
 }
 
-func (st *storageService) register(g grpc.ServiceRegistrar) { v1.RegisterStorageServiceServer(g, st) }
+// NewStorageService serves StorageService with m; a nil m (no libvirt
+// configured) answers every call with FailedPrecondition.
+func NewStorageService(m *storage.Manager, ops *operation.Manager) Service {
+	return &storageService{storage: m, ops: ops}
+}
 
-func (st *storageService) registerGateway(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
+func (st *storageService) RegisterGRPC(g grpc.ServiceRegistrar) {
+	v1.RegisterStorageServiceServer(g, st)
+}
+
+func (st *storageService) RegisterGateway(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
 	return v1.RegisterStorageServiceHandler(ctx, mux, conn)
 }
 
 // mgr returns the storage manager, or FailedPrecondition when the agent
 // runs without libvirt.
 func (st *storageService) mgr() (*storage.Manager, error) {
-	if st.s.storage == nil {
+	if st.storage == nil {
 		return nil, errNoLibvirt
 	}
-	return st.s.storage, nil
+	return st.storage, nil
 }
 
 var errNoLibvirt = status.Error(codes.FailedPrecondition, "libvirt not available: the agent has no libvirt connection configured (libvirt.socket in the agent config)")
@@ -45,11 +56,18 @@ func (st *storageService) CreatePool(ctx context.Context, req *v1.CreatePoolRequ
 	if err != nil {
 		return nil, err
 	}
-	if _, err := storage.PoolXML(req.GetPool()); err != nil {
+	p := req.GetPool()
+	retry, err := retryable("pool.create", req.GetRequestId(), &v1.CreatePoolRequest{Pool: p, Build: req.GetBuild(), FormatSource: req.GetFormatSource()})
+	if err != nil {
 		return nil, err
 	}
-	p := req.GetPool()
-	return st.s.ops.Start(operation.Spec{
+	if op, ok, err := st.remembered(retry); err != nil || ok {
+		return op, err
+	}
+	if err := m.CheckPoolSpec(p); err != nil {
+		return nil, err
+	}
+	return st.startOnce(retry, operation.Spec{
 		Kind: "pool.create", Target: "pool/" + p.GetName(), Phases: []string{"define", "start"},
 		Locks: []string{storage.PoolLock(p.GetName())}, RequestedBy: requestedBy(ctx),
 	}, func(ctx context.Context, pr *operation.Progress) error {
@@ -59,7 +77,38 @@ func (st *storageService) CreatePool(ctx context.Context, req *v1.CreatePoolRequ
 		}
 		pr.Result("uuid", out.GetUuid())
 		return nil
-	}), nil
+	})
+}
+
+// retryable returns the operation-manager key of a create the client may
+// send again (nil without a request id), after checking the id.
+func retryable(scope, id string, req proto.Message) (*operation.Request, error) {
+	if err := rules.CheckRequestID(id); err != nil {
+		return nil, invalid("request_id", "%v", err)
+	}
+	if id == "" {
+		return nil, nil
+	}
+	return &operation.Request{Scope: scope, ID: id, Hash: requestHash(req)}, nil
+}
+
+// remembered returns the operation an earlier send of the same request
+// started, while the agent remembers it: checked before anything the first
+// attempt's own work would now make fail (a pool's directory no longer
+// empty, a volume that now exists).
+func (st *storageService) remembered(r *operation.Request) (*v1.Operation, bool, error) {
+	if r == nil {
+		return nil, false, nil
+	}
+	return st.ops.Lookup(*r)
+}
+
+func (st *storageService) startOnce(r *operation.Request, spec operation.Spec, fn operation.Func) (*v1.Operation, error) {
+	if r == nil {
+		return st.ops.Start(spec, fn), nil
+	}
+	op, _, err := st.ops.StartOnce(spec, *r, fn)
+	return op, err
 }
 
 func (st *storageService) GetPool(ctx context.Context, req *v1.GetPoolRequest) (*v1.Pool, error) {
@@ -93,10 +142,10 @@ func (st *storageService) DeletePool(ctx context.Context, req *v1.DeletePoolRequ
 	if err := storage.CheckName("name", req.GetName()); err != nil {
 		return nil, err
 	}
-	if _, err := m.GetPool(ctx, req.GetName()); err != nil {
+	if err := m.CheckDelete(ctx, req.GetName(), req.GetDeleteVolumes(), req.GetDeleteStorage()); err != nil {
 		return nil, err
 	}
-	return st.s.ops.Start(operation.Spec{
+	return st.ops.Start(operation.Spec{
 		Kind: "pool.delete", Target: "pool/" + req.GetName(), Phases: []string{"delete"},
 		Locks: []string{storage.PoolLock(req.GetName())}, RequestedBy: requestedBy(ctx),
 	}, func(ctx context.Context, _ *operation.Progress) error {
@@ -113,10 +162,17 @@ func (st *storageService) CreateVolume(ctx context.Context, req *v1.CreateVolume
 	if err := storage.CheckVolume(v, req.GetOciReference() != ""); err != nil {
 		return nil, err
 	}
+	retry, err := retryable("volume.create", req.GetRequestId(), &v1.CreateVolumeRequest{Volume: v, OciReference: req.GetOciReference(), OciInsecure: req.GetOciInsecure()})
+	if err != nil {
+		return nil, err
+	}
+	if op, ok, err := st.remembered(retry); err != nil || ok {
+		return op, err
+	}
 	if err := st.checkPool(ctx, m, "volume.pool", v.GetPool()); err != nil {
 		return nil, err
 	}
-	return st.s.ops.Start(operation.Spec{
+	return st.startOnce(retry, operation.Spec{
 		Kind: "volume.create", Target: "volume/" + v.GetPool() + "/" + v.GetName(), Phases: []string{"create", "fill"},
 		Locks: []string{storage.VolumeLock(v.GetPool(), v.GetName())}, RequestedBy: requestedBy(ctx),
 	}, func(ctx context.Context, pr *operation.Progress) error {
@@ -133,7 +189,7 @@ func (st *storageService) CreateVolume(ctx context.Context, req *v1.CreateVolume
 		}
 		pr.Result("path", out.GetPath())
 		return nil
-	}), nil
+	})
 }
 
 // checkPool refuses an unknown or stopped pool at once, so the caller gets
@@ -243,7 +299,7 @@ func (st *storageService) DeleteVolume(ctx context.Context, req *v1.DeleteVolume
 }
 
 func (st *storageService) volumeOp(ctx context.Context, kind, pool, name string, extraLocks []string, fn func(context.Context) error) (*v1.Operation, error) {
-	return st.s.ops.Start(operation.Spec{
+	return st.ops.Start(operation.Spec{
 		Kind: kind, Target: "volume/" + pool + "/" + name, Phases: []string{kind[len("volume."):]},
 		Locks: append([]string{storage.VolumeLock(pool, name)}, extraLocks...), RequestedBy: requestedBy(ctx),
 	}, func(ctx context.Context, _ *operation.Progress) error { return fn(ctx) }), nil
@@ -275,7 +331,7 @@ func (st *storageService) UploadVolume(stream v1.StorageService_UploadVolumeServ
 	if err := st.checkPool(ctx, m, "header.pool", h.GetPool()); err != nil {
 		return err
 	}
-	op := st.s.ops.Start(operation.Spec{
+	op := st.ops.Start(operation.Spec{
 		Kind: "volume.upload", Target: "volume/" + h.GetPool() + "/" + h.GetName(), Phases: []string{"upload"},
 		Locks: []string{storage.VolumeLock(h.GetPool(), h.GetName())}, RequestedBy: requestedBy(ctx),
 	}, func(octx context.Context, pr *operation.Progress) error {
@@ -283,7 +339,7 @@ func (st *storageService) UploadVolume(stream v1.StorageService_UploadVolumeServ
 		_, err := m.Upload(octx, spec, h.GetSizeBytes(), r)
 		return err
 	})
-	done, err := st.s.ops.Wait(ctx, op.GetId())
+	done, err := st.ops.Wait(ctx, op.GetId())
 	if err != nil {
 		return opError(err)
 	}

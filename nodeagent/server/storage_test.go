@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
-	"github.com/debvisor/debvisor/internal/testenv/libvirtd"
+	"github.com/debvisor/debvisor/testenv/libvirtd"
 )
 
 // TestVolumes: create, resize, clone, upload and fill-from-OCI through the

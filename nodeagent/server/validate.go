@@ -1,12 +1,15 @@
 package server
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/debvisor/debvisor/nodeagent/operation"
 )
@@ -33,4 +36,21 @@ func opError(err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
+}
+
+// requestHash stands for what a retryable request asked for: a retry with
+// the same request id must carry the same hash. Deterministic marshalling
+// makes it stable within one agent build (the hash is stored in VM
+// metadata and compared after restarts too, so a retry across an upgrade
+// that changed the wire form would be refused as a different request,
+// never silently merged).
+func requestHash(m proto.Message) string {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		// Messages built here always marshal; an impossible error gets a
+		// hash no retry can match.
+		return "unmarshalable:" + err.Error()
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
 }

@@ -12,6 +12,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/api/rules"
+	"github.com/debvisor/debvisor/nodeagent/fault"
 	"github.com/debvisor/debvisor/nodeagent/operation"
 	"github.com/debvisor/debvisor/nodeagent/storage"
 	"github.com/debvisor/debvisor/nodeagent/vm"
@@ -24,29 +26,40 @@ const (
 
 type vmService struct {
 	v1.UnimplementedVMServiceServer
-	s *Server
+	vms *vm.Manager // nil without libvirt
+	ops *operation.Manager
 }
 
-func (v *vmService) register(g grpc.ServiceRegistrar) { v1.RegisterVMServiceServer(g, v) }
+// NewVMService serves VMService with m; a nil m (no libvirt configured)
+// answers every call with FailedPrecondition.
+func NewVMService(m *vm.Manager, ops *operation.Manager) Service {
+	return &vmService{vms: m, ops: ops}
+}
 
-func (v *vmService) registerGateway(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
+func (v *vmService) RegisterGRPC(g grpc.ServiceRegistrar) { v1.RegisterVMServiceServer(g, v) }
+
+func (v *vmService) RegisterGateway(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
 	return v1.RegisterVMServiceHandler(ctx, mux, conn)
 }
 
 func (v *vmService) mgr() (*vm.Manager, error) {
-	if v.s.vms == nil {
+	if v.vms == nil {
 		return nil, errNoLibvirt
 	}
-	return v.s.vms, nil
+	return v.vms, nil
 }
 
 // start runs fn as an operation on VM name holding the VM's lock and the
 // locks of the volumes in specs.
 func (v *vmService) start(ctx context.Context, kind, name string, phases []string, specs []*v1.VMSpec, fn operation.Func) *v1.Operation {
-	return v.s.ops.Start(operation.Spec{
+	return v.ops.Start(v.spec(ctx, kind, name, phases, specs), fn)
+}
+
+func (v *vmService) spec(ctx context.Context, kind, name string, phases []string, specs []*v1.VMSpec) operation.Spec {
+	return operation.Spec{
 		Kind: kind, Target: "vm/" + name, Phases: phases,
 		Locks: vm.Locks(name, specs...), RequestedBy: requestedBy(ctx),
-	}, fn)
+	}
 }
 
 func (v *vmService) CreateVM(ctx context.Context, req *v1.CreateVMRequest) (*v1.Operation, error) {
@@ -62,6 +75,9 @@ func (v *vmService) CreateVM(ctx context.Context, req *v1.CreateVMRequest) (*v1.
 	if err := storage.CheckName("vm.name", name); err != nil {
 		return nil, err
 	}
+	if err := rules.CheckRequestID(req.GetRequestId()); err != nil {
+		return nil, invalid("request_id", "%v", err)
+	}
 	spec := proto.Clone(in.GetSpec()).(*v1.VMSpec)
 	if in.GetSpec() == nil {
 		spec = nil
@@ -69,22 +85,37 @@ func (v *vmService) CreateVM(ctx context.Context, req *v1.CreateVMRequest) (*v1.
 	if err := vm.Normalize("vm.spec", spec); err != nil {
 		return nil, err
 	}
-	// Fail fast on a name that is taken; the operation checks again under
-	// the VM's lock.
-	if ok, err := m.Exists(ctx, name); err != nil {
-		return nil, err
-	} else if ok {
-		return nil, status.Errorf(codes.AlreadyExists, "vm.name: VM %q already exists", name)
+	// The request as the client sent it (before defaults such as MACs are
+	// filled in) is what a retry repeats.
+	creq := vm.Request{ID: req.GetRequestId(), Hash: requestHash(&v1.VM{Name: name, Spec: in.GetSpec()})}
+	opReq := operation.Request{Scope: "vm.create", ID: creq.ID, Hash: creq.Hash}
+	if creq.ID != "" {
+		// A retry of a create this agent still remembers: its operation.
+		if op, ok, err := v.ops.Lookup(opReq); err != nil || ok {
+			return op, err
+		}
 	}
-	return v.start(ctx, "vm.create", name, []string{"define", "start"}, []*v1.VMSpec{spec},
-		func(ctx context.Context, p *operation.Progress) error {
-			id, err := m.Create(ctx, name, spec)
-			if err != nil {
-				return err
-			}
-			p.Result("uuid", id)
-			return nil
-		}), nil
+	// Fail fast on a name that is taken (unless this request took it); the
+	// operation checks again under the VM's lock. A read: it does not wait
+	// behind other VMs' mutations.
+	if err := m.CheckCreate(ctx, name, creq); fault.Is(err, fault.AlreadyExists) {
+		return nil, fault.Wrap(err, "vm.name")
+	} else if err != nil {
+		return nil, err
+	}
+	run := func(ctx context.Context, p *operation.Progress) error {
+		id, err := m.Create(ctx, name, spec, creq)
+		if err != nil {
+			return err
+		}
+		p.Result("uuid", id)
+		return nil
+	}
+	if creq.ID == "" {
+		return v.start(ctx, "vm.create", name, []string{"define", "start"}, []*v1.VMSpec{spec}, run), nil
+	}
+	op, _, err := v.ops.StartOnce(v.spec(ctx, "vm.create", name, []string{"define", "start"}, []*v1.VMSpec{spec}), opReq, run)
+	return op, err
 }
 
 func (v *vmService) GetVM(ctx context.Context, req *v1.GetVMRequest) (*v1.VM, error) {

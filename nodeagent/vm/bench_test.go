@@ -11,8 +11,8 @@ import (
 
 	"github.com/debvisor/debvisor/api/client"
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
-	"github.com/debvisor/debvisor/internal/testenv/agent"
-	"github.com/debvisor/debvisor/internal/testenv/libvirtd"
+	"github.com/debvisor/debvisor/testenv/agent"
+	"github.com/debvisor/debvisor/testenv/libvirtd"
 )
 
 // The benchmarks drive a real debvisor-agent binary over mTLS, as dvctl and

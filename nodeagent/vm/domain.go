@@ -20,12 +20,15 @@ var busNames = map[v1.Disk_Bus]string{
 }
 
 // meta is what DebVisor keeps in the domain definition beyond what libvirt
-// itself models: the desired power state and the cloud-init documents (so
-// GetVM returns the spec it was given).
+// itself models: the desired power state, the cloud-init documents (so
+// GetVM returns the spec it was given) and the create request that made
+// the VM (so a retried create finds its VM even after an agent restart).
 type meta struct {
 	XMLName       xml.Name `xml:"https://debvisor.dev/xmlns/vm/1 vm"`
 	PowerState    string   `xml:"power-state,attr,omitempty"`
 	Seed          string   `xml:"seed,attr,omitempty"`
+	RequestID     string   `xml:"request-id,attr,omitempty"`
+	RequestHash   string   `xml:"request-hash,attr,omitempty"`
 	UserData      string   `xml:"user-data,omitempty"`
 	MetaData      string   `xml:"meta-data,omitempty"`
 	NetworkConfig string   `xml:"network-config,omitempty"`
@@ -46,6 +49,8 @@ type domainParams struct {
 	Disks      []resolvedDisk
 	// SeedPath is the cloud-init NoCloud ISO, "" without cloud-init.
 	SeedPath string
+	// Request identifies the create that made the VM; kept by updates.
+	Request Request
 }
 
 // buildDomain returns the domain definition for a normalised spec. Disk
@@ -53,7 +58,8 @@ type domainParams struct {
 // definition) are kept so an update does not renumber the guest's disks.
 func buildDomain(p domainParams) (*libvirtxml.Domain, error) {
 	s := p.Spec
-	m := meta{PowerState: strings.ToLower(strings.TrimPrefix(s.PowerState.String(), "POWER_STATE_")), Seed: p.SeedPath}
+	m := meta{PowerState: strings.ToLower(strings.TrimPrefix(s.PowerState.String(), "POWER_STATE_")), Seed: p.SeedPath,
+		RequestID: p.Request.ID, RequestHash: p.Request.Hash}
 	if ci := s.CloudInit; ci != nil {
 		m.UserData = base64.StdEncoding.EncodeToString([]byte(ci.UserData))
 		m.MetaData = base64.StdEncoding.EncodeToString([]byte(ci.MetaData))

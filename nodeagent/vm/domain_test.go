@@ -9,10 +9,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
-
-	"github.com/google/go-cmp/cmp"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
 )
@@ -165,7 +166,7 @@ func TestNormalizeRefuses(t *testing.T) {
 			s := &v1.VMSpec{Vcpus: 1, MemoryMib: 64}
 			tt.mut(s)
 			err := Normalize("spec", s)
-			if err == nil || !strings.Contains(err.Error(), "desc = "+tt.field+":") {
+			if status.Code(err) != codes.InvalidArgument || !strings.HasPrefix(status.Convert(err).Message(), tt.field+":") {
 				t.Fatalf("Normalize = %v, want InvalidArgument on %s", err, tt.field)
 			}
 		})

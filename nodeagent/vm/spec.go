@@ -1,30 +1,28 @@
 package vm
 
 import (
-	"fmt"
 	"path/filepath"
 	"strconv"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/api/rules"
+	"github.com/debvisor/debvisor/nodeagent/fault"
 	"github.com/debvisor/debvisor/nodeagent/storage"
 )
 
-// Limits the API accepts; larger values are typos on a single node.
+// Limits the API accepts (api/rules); larger values are typos on a single node.
 const (
-	MaxVCPUs     = 256
-	MinMemoryMiB = 16
-	MaxMemoryMiB = 4 << 20 // 4 TiB
-	MaxDisks     = 24
-	MaxNICs      = 16
+	MaxVCPUs     = rules.MaxVCPUs
+	MinMemoryMiB = rules.MinMemoryMiB
+	MaxMemoryMiB = rules.MaxMemoryMiB
+	MaxDisks     = rules.MaxDisks
+	MaxNICs      = rules.MaxNICs
 )
 
 var nicModels = map[string]bool{"virtio": true, "e1000": true, "e1000e": true, "rtl8139": true}
 
 func invalid(field, format string, args ...any) error {
-	return status.Errorf(codes.InvalidArgument, "%s: %s", field, fmt.Sprintf(format, args...))
+	return fault.Invalidf(field, format, args...)
 }
 
 // Normalize validates spec and fills in defaults in place (max_vcpus,
@@ -107,11 +105,11 @@ func Normalize(field string, s *v1.VMSpec) error {
 		}
 		switch n.Type {
 		case v1.NIC_TYPE_BRIDGE:
-			if err := storage.CheckName(f+".bridge", n.Bridge); err != nil || len(n.Bridge) > 15 {
-				return invalid(f+".bridge", "%q is not a bridge interface name (1-15 characters)", n.Bridge)
+			if err := rules.CheckInterfaceName(n.Bridge); err != nil {
+				return invalid(f+".bridge", "%q is not a bridge interface name (1-%d characters)", n.Bridge, rules.MaxInterfaceName)
 			}
-			if n.Vlan < 0 || n.Vlan > 4094 {
-				return invalid(f+".vlan", "must be between 0 (untagged) and 4094 (got %d)", n.Vlan)
+			if n.Vlan < 0 || n.Vlan > rules.MaxVLAN {
+				return invalid(f+".vlan", "must be between 0 (untagged) and %d (got %d)", rules.MaxVLAN, n.Vlan)
 			}
 		case v1.NIC_TYPE_USER:
 			if n.Bridge != "" || n.Vlan != 0 {

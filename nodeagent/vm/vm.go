@@ -20,12 +20,13 @@ import (
 
 	"github.com/digitalocean/go-libvirt"
 	"github.com/google/uuid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	"libvirt.org/go/libvirtxml"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/nodeagent/fault"
 	"github.com/debvisor/debvisor/nodeagent/libvirtconn"
 	"github.com/debvisor/debvisor/nodeagent/storage"
 )
@@ -37,26 +38,59 @@ type Config struct {
 	// DomainType forces "kvm" or "qemu" (TCG); detected from libvirt's
 	// capabilities when empty.
 	DomainType string
+	// SnapshotAfter is how long Get waits for libvirtd before it answers
+	// from the VM's snapshot, when one may be used (DefaultSnapshotAfter
+	// when 0; negative: never).
+	SnapshotAfter time.Duration
+	// SnapshotMaxAge is the oldest snapshot Get answers with
+	// (DefaultSnapshotMaxAge when 0).
+	SnapshotMaxAge time.Duration
 }
 
 // Manager performs VM operations through libvirt. Callers serialise
 // mutations with the operation queue using Lock and the disks' volume locks.
 type Manager struct {
-	conn *libvirtconn.Conn
-	cfg  Config
-	log  *slog.Logger
+	conn    *libvirtconn.Conn
+	storage *storage.Manager
+	cfg     Config
+	log     *slog.Logger
 
-	hvOnce sync.Once
-	hv     string
-	hvErr  error
+	hvMu sync.Mutex
+	hv   string
+
+	snaps  *snapshots
+	reader *reader
 }
 
-// New returns a Manager.
-func New(conn *libvirtconn.Conn, cfg Config, log *slog.Logger) *Manager {
+// New returns a Manager that resolves VM disks through st (the agent's one
+// storage manager, on the same libvirt connection). Run WatchEvents beside
+// it: without it, reads never answer from snapshots.
+func New(conn *libvirtconn.Conn, st *storage.Manager, cfg Config, log *slog.Logger) *Manager {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{conn: conn, cfg: cfg, log: log}
+	if cfg.SnapshotAfter == 0 {
+		cfg.SnapshotAfter = DefaultSnapshotAfter
+	}
+	if cfg.SnapshotMaxAge == 0 {
+		cfg.SnapshotMaxAge = DefaultSnapshotMaxAge
+	}
+	snaps := newSnapshots(cfg.SnapshotMaxAge)
+	return &Manager{conn: conn, storage: st, cfg: cfg, log: log, snaps: snaps,
+		reader: &reader{snaps: snaps, after: cfg.SnapshotAfter, now: time.Now}}
+}
+
+// Request identifies the create request that made a VM: the client's
+// request id and a hash of what it asked for.
+type Request struct {
+	ID, Hash string
+}
+
+// changing marks name as being changed by the agent: its snapshot is
+// dropped now and again when the change is over (call the returned func).
+func (m *Manager) changing(name string) func() {
+	m.snaps.invalidate(name)
+	return func() { m.snaps.invalidate(name) }
 }
 
 // Lock is the operation-queue key of a VM.
@@ -75,42 +109,45 @@ func Locks(name string, specs ...*v1.VMSpec) []string {
 }
 
 // hypervisor returns the domain type to define: kvm when libvirt offers it
-// for x86_64 (i.e. /dev/kvm works), else qemu.
-func (m *Manager) hypervisor(ctx context.Context, lv *libvirt.Libvirt) (string, error) {
+// for x86_64 (i.e. /dev/kvm works), else qemu. Only an answer is cached: a
+// libvirtd that was slow or down at the first create is asked again.
+func (m *Manager) hypervisor(lv *libvirtconn.Client) (string, error) {
 	if m.cfg.DomainType != "" {
 		return m.cfg.DomainType, nil
 	}
-	m.hvOnce.Do(func() {
-		caps, err := lv.Capabilities()
-		if err != nil {
-			m.hvErr = libvirtconn.Status(err, "libvirt capabilities")
-			return
+	m.hvMu.Lock()
+	defer m.hvMu.Unlock()
+	if m.hv != "" {
+		return m.hv, nil
+	}
+	caps, err := lv.Capabilities()
+	if err != nil {
+		return "", libvirtconn.Status(err, "libvirt capabilities")
+	}
+	var c libvirtxml.Caps
+	if err := c.Unmarshal(string(caps)); err != nil {
+		return "", fmt.Errorf("parse capabilities: %w", err)
+	}
+	hv := "qemu"
+	for _, g := range c.Guests {
+		if g.Arch.Name != "x86_64" {
+			continue
 		}
-		var c libvirtxml.Caps
-		if err := c.Unmarshal(string(caps)); err != nil {
-			m.hvErr = fmt.Errorf("parse capabilities: %w", err)
-			return
-		}
-		m.hv = "qemu"
-		for _, g := range c.Guests {
-			if g.Arch.Name != "x86_64" {
-				continue
+		for _, d := range g.Arch.Domains {
+			if d.Type == "kvm" {
+				hv = "kvm"
 			}
-			for _, d := range g.Arch.Domains {
-				if d.Type == "kvm" {
-					m.hv = "kvm"
-				}
-			}
 		}
-		m.log.Info("libvirt domain type", "type", m.hv)
-	})
-	return m.hv, m.hvErr
+	}
+	m.hv = hv
+	m.log.Info("libvirt domain type", "type", hv)
+	return hv, nil
 }
 
-func lookup(lv *libvirt.Libvirt, name string) (libvirt.Domain, error) {
+func lookup(lv *libvirtconn.Client, name string) (libvirt.Domain, error) {
 	d, err := lv.DomainLookupByName(name)
 	if libvirtconn.NotFound(err) {
-		return d, status.Errorf(codes.NotFound, "VM %q not found", name)
+		return d, fault.Errorf(fault.NotFound, "VM %q not found", name)
 	}
 	if err != nil {
 		return d, libvirtconn.Status(err, "look up VM %q", name)
@@ -118,7 +155,7 @@ func lookup(lv *libvirt.Libvirt, name string) (libvirt.Domain, error) {
 	return d, nil
 }
 
-func domainXML(lv *libvirt.Libvirt, d libvirt.Domain, flags libvirt.DomainXMLFlags) (*libvirtxml.Domain, error) {
+func domainXML(lv *libvirtconn.Client, d libvirt.Domain, flags libvirt.DomainXMLFlags) (*libvirtxml.Domain, error) {
 	doc, err := lv.DomainGetXMLDesc(d, flags)
 	if err != nil {
 		return nil, libvirtconn.Status(err, "VM %q XML", d.Name)
@@ -136,7 +173,7 @@ func (m *Manager) seedPath(name string) string {
 
 // Exists reports whether a domain with this name is defined.
 func (m *Manager) Exists(ctx context.Context, name string) (bool, error) {
-	lv, err := m.conn.Client(ctx)
+	lv, err := m.conn.Reader(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -153,11 +190,11 @@ func (m *Manager) Exists(ctx context.Context, name string) (bool, error) {
 // resolveDisks checks that every disk's pool and volume exist and that no
 // other VM writes to the volume, and returns the disks with their formats.
 // self is the VM being changed (its own use of a volume is fine).
-func (m *Manager) resolveDisks(ctx context.Context, lv *libvirt.Libvirt, field, self string, disks []*v1.Disk) ([]resolvedDisk, error) {
+func (m *Manager) resolveDisks(ctx context.Context, lv *libvirtconn.Client, field, self string, disks []*v1.Disk) ([]resolvedDisk, error) {
 	if len(disks) == 0 {
 		return nil, nil
 	}
-	st := storage.New(m.conn, m.log)
+	st := m.storage
 	users, err := st.Users(ctx)
 	if err != nil {
 		return nil, err
@@ -166,17 +203,17 @@ func (m *Manager) resolveDisks(ctx context.Context, lv *libvirt.Libvirt, field, 
 	for i, d := range disks {
 		f := fmt.Sprintf("%s.disks[%d]", field, i)
 		vol, err := st.GetVolume(ctx, d.Pool, d.Volume)
-		switch status.Code(err) {
-		case codes.OK:
-		case codes.NotFound, codes.FailedPrecondition:
-			return nil, invalid(f, "%s", status.Convert(err).Message())
+		switch {
+		case err == nil:
+		case fault.Is(err, fault.NotFound), fault.Is(err, fault.FailedPrecondition):
+			return nil, fault.Invalidf(f, "%w", err)
 		default:
 			return nil, err
 		}
 		if !d.ReadOnly {
 			for _, u := range users[d.Pool+"/"+d.Volume] {
 				if u != self {
-					return nil, status.Errorf(codes.FailedPrecondition, "%s: volume %s/%s is in use by VM %q", f, d.Pool, d.Volume, u)
+					return nil, fault.Errorf(fault.FailedPrecondition, "%s: volume %s/%s is in use by VM %q", f, d.Pool, d.Volume, u)
 				}
 			}
 		}
@@ -191,16 +228,21 @@ func (m *Manager) resolveDisks(ctx context.Context, lv *libvirt.Libvirt, field, 
 
 // Create defines (and, for a RUNNING power state, starts) a VM from a
 // normalised spec, returning its UUID. On any failure the domain and seed
-// it made are removed again.
-func (m *Manager) Create(ctx context.Context, name string, spec *v1.VMSpec) (_ string, err error) {
+// it made are removed again. With a request id, a VM of that name made by
+// the same request is not an error: the create was retried after its answer
+// was lost, and Create finishes it (autostart, start) instead.
+func (m *Manager) Create(ctx context.Context, name string, spec *v1.VMSpec, req Request) (_ string, err error) {
+	defer m.changing(name)()
 	lv, err := m.conn.Client(ctx)
 	if err != nil {
 		return "", err
 	}
-	if _, err := lv.DomainLookupByName(name); err == nil {
-		return "", status.Errorf(codes.AlreadyExists, "VM %q already exists", name)
+	if dom, err := lv.DomainLookupByName(name); err == nil {
+		return m.finishCreate(lv, dom, spec, req)
+	} else if !libvirtconn.NotFound(err) {
+		return "", libvirtconn.Status(err, "look up VM %q", name)
 	}
-	hv, err := m.hypervisor(ctx, lv)
+	hv, err := m.hypervisor(lv)
 	if err != nil {
 		return "", err
 	}
@@ -209,11 +251,11 @@ func (m *Manager) Create(ctx context.Context, name string, spec *v1.VMSpec) (_ s
 		return "", err
 	}
 	id := uuid.NewString()
-	p := domainParams{Name: name, UUID: id, Hypervisor: hv, Spec: spec, Disks: disks}
+	p := domainParams{Name: name, UUID: id, Hypervisor: hv, Spec: spec, Disks: disks, Request: req}
 	if spec.CloudInit != nil {
 		p.SeedPath = m.seedPath(name)
 		if err := writeSeed(p.SeedPath, name, id, spec.CloudInit); err != nil {
-			return "", status.Errorf(codes.Internal, "cloud-init seed: %v", err)
+			return "", fault.Errorf(fault.Internal, "cloud-init seed: %v", err)
 		}
 		defer func() {
 			if err != nil {
@@ -235,8 +277,10 @@ func (m *Manager) Create(ctx context.Context, name string, spec *v1.VMSpec) (_ s
 	}
 	defer func() {
 		if err != nil {
-			_ = lv.DomainDestroy(dom)
-			if uerr := lv.DomainUndefineFlags(dom, undefineFlags); uerr != nil && !libvirtconn.NotFound(uerr) {
+			// Also after a cancellation: the undo must still reach libvirtd.
+			undo := lv.Detached()
+			_ = undo.DomainDestroy(dom)
+			if uerr := undo.DomainUndefineFlags(dom, undefineFlags); uerr != nil && !libvirtconn.NotFound(uerr) {
 				m.log.Warn("undo VM define", "vm", name, "err", uerr)
 			}
 		}
@@ -252,6 +296,78 @@ func (m *Manager) Create(ctx context.Context, name string, spec *v1.VMSpec) (_ s
 		}
 	}
 	return id, nil
+}
+
+// finishCreate handles a create whose VM exists: refused unless the same
+// request made it, else brought to what the request asked for.
+func (m *Manager) finishCreate(lv *libvirtconn.Client, dom libvirt.Domain, spec *v1.VMSpec, req Request) (string, error) {
+	x, err := domainXML(lv, dom, libvirt.DomainXMLInactive)
+	if err != nil {
+		return "", err
+	}
+	_, have := specFromDomain(x)
+	if err := checkSameRequest(dom.Name, have, req); err != nil {
+		return "", err
+	}
+	m.log.Info("create retried: finishing the VM this request made", "vm", dom.Name, "request_id", req.ID)
+	if spec.Autostart {
+		if a, err := lv.DomainGetAutostart(dom); err != nil || a != 1 {
+			if err := lv.DomainSetAutostart(dom, 1); err != nil {
+				return "", libvirtconn.Status(err, "autostart VM %q", dom.Name)
+			}
+		}
+	}
+	if spec.PowerState == v1.PowerState_POWER_STATE_RUNNING {
+		active, err := domainActive(lv, dom)
+		if err != nil {
+			return "", err
+		}
+		if !active {
+			if _, err := lv.DomainCreateWithFlags(dom, 0); err != nil && !libvirtconn.Is(err, libvirt.ErrOperationInvalid) {
+				return "", libvirtconn.Status(err, "start VM %q", dom.Name)
+			}
+		}
+	}
+	return x.UUID, nil
+}
+
+// checkSameRequest refuses a create of an existing VM unless req made it.
+func checkSameRequest(name string, have meta, req Request) error {
+	switch {
+	case req.ID == "" || have.RequestID != req.ID:
+		return fault.Errorf(fault.AlreadyExists, "VM %q already exists and was not made by this request; "+
+			"choose another name, delete it, or import it (terraform import)", name)
+	case have.RequestHash != req.Hash:
+		return fault.Invalidf("request_id", "%q made VM %q from a different request; use a new request_id for a different create", req.ID, name)
+	}
+	return nil
+}
+
+// CheckCreate tells a create of name that can go ahead (no such VM, or the
+// same request made it: nil) from one that cannot (AlreadyExists, or
+// Invalid for a reused request id). It reads without waiting behind
+// mutations; the create checks again under the VM's lock.
+func (m *Manager) CheckCreate(ctx context.Context, name string, req Request) error {
+	lv, err := m.conn.Reader(ctx)
+	if err != nil {
+		return err
+	}
+	dom, err := lv.DomainLookupByName(name)
+	if libvirtconn.NotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return libvirtconn.Status(err, "look up VM %q", name)
+	}
+	x, err := domainXML(lv, dom, libvirt.DomainXMLInactive)
+	if fault.Is(err, fault.NotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, have := specFromDomain(x)
+	return checkSameRequest(name, have, req)
 }
 
 const undefineFlags = libvirt.DomainUndefineManagedSave | libvirt.DomainUndefineSnapshotsMetadata |
@@ -273,9 +389,16 @@ func isActive(st v1.VMStatus_State) bool {
 }
 
 // Get returns a VM's persistent spec and its status, including the changes
-// the running guest does not have yet.
+// the running guest does not have yet. It answers from libvirtd; when
+// libvirtd has not answered within Config.SnapshotAfter it answers from the
+// VM's snapshot if one may be used (see snapshots), with observed_time
+// saying when libvirtd reported it.
 func (m *Manager) Get(ctx context.Context, name string) (*v1.VM, error) {
-	lv, err := m.conn.Client(ctx)
+	return m.reader.read(ctx, name, m.getLive)
+}
+
+func (m *Manager) getLive(ctx context.Context, name string) (*v1.VM, error) {
+	lv, err := m.conn.Reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -286,59 +409,103 @@ func (m *Manager) Get(ctx context.Context, name string) (*v1.VM, error) {
 	return m.describe(lv, d)
 }
 
-func (m *Manager) describe(lv *libvirt.Libvirt, d libvirt.Domain) (*v1.VM, error) {
-	st, _, err := lv.DomainGetState(d, 0)
-	if err != nil {
-		return nil, libvirtconn.Status(err, "VM %q state", d.Name)
-	}
-	inactive, err := domainXML(lv, d, libvirt.DomainXMLInactive)
-	if err != nil {
+// describe reads what GetVM reports of one domain. Its calls go out at
+// once (the read connection has several slots), so a slow libvirtd costs
+// one round trip per read, not four.
+func (m *Manager) describe(lv *libvirtconn.Client, d libvirt.Domain) (*v1.VM, error) {
+	var (
+		st             int32
+		autostart      int32
+		autostartErr   error
+		inactive, live *libvirtxml.Domain
+	)
+	g := new(errgroup.Group)
+	g.Go(func() (err error) {
+		st, _, err = lv.DomainGetState(d, 0)
+		return libvirtconn.Status(err, "VM %q state", d.Name)
+	})
+	g.Go(func() (err error) {
+		inactive, err = domainXML(lv, d, libvirt.DomainXMLInactive)
+		return err
+	})
+	g.Go(func() error {
+		autostart, autostartErr = lv.DomainGetAutostart(d)
+		return nil
+	})
+	// The live definition is only used when the guest runs; asking for it
+	// anyway saves a round trip (for a stopped guest it is the inactive one).
+	g.Go(func() (err error) {
+		live, err = domainXML(lv, d, 0)
+		return err
+	})
+	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	spec, _ := specFromDomain(inactive)
-	if a, err := lv.DomainGetAutostart(d); err == nil {
-		spec.Autostart = a == 1
+	spec, meta := specFromDomain(inactive)
+	if autostartErr == nil {
+		spec.Autostart = autostart == 1
 	}
 	vm := &v1.VM{
 		Name: d.Name,
 		Spec: spec,
 		Status: &v1.VMStatus{
-			State:      states[libvirt.DomainState(st)],
-			Uuid:       inactive.UUID,
-			Hypervisor: inactive.Type,
+			State:           states[libvirt.DomainState(st)],
+			Uuid:            inactive.UUID,
+			Hypervisor:      inactive.Type,
+			CreateRequestId: meta.RequestID,
 		},
 	}
 	if isActive(vm.Status.State) {
-		live, err := domainXML(lv, d, 0)
-		if err != nil {
-			return nil, err
-		}
 		liveSpec, _ := specFromDomain(live)
 		vm.Status.PendingChanges = pendingChanges(liveSpec, spec)
 	}
 	return vm, nil
 }
 
-// List returns every VM, sorted by name.
+// listWorkers bounds the domains List describes at once.
+const listWorkers = 4
+
+// List returns every VM, sorted by name, as libvirtd reports them now.
 func (m *Manager) List(ctx context.Context) ([]*v1.VM, error) {
-	lv, err := m.conn.Client(ctx)
+	lv, err := m.conn.Reader(ctx)
 	if err != nil {
 		return nil, err
 	}
+	token := m.snaps.begin()
 	doms, _, err := lv.ConnectListAllDomains(1, 0)
 	if err != nil {
 		return nil, libvirtconn.Status(err, "list VMs")
 	}
-	out := make([]*v1.VM, 0, len(doms))
-	for _, d := range doms {
-		vm, err := m.describe(lv, d)
-		if status.Code(err) == codes.NotFound {
-			continue // deleted meanwhile
+	vms := make([]*v1.VM, len(doms))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(listWorkers)
+	glv, err := m.conn.Reader(gctx)
+	if err != nil {
+		return nil, err
+	}
+	for i, d := range doms {
+		g.Go(func() error {
+			vm, err := m.describe(glv, d)
+			if fault.Is(err, fault.NotFound) {
+				return nil // deleted meanwhile
+			}
+			if err != nil {
+				return err
+			}
+			vm.Status.ObservedTime = timestamppb.Now()
+			m.snaps.put(d.Name, token, vm, time.Now())
+			vms[i] = vm
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	out := make([]*v1.VM, 0, len(vms))
+	for _, vm := range vms {
+		if vm != nil {
+			out = append(out, vm)
 		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, vm)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
@@ -357,6 +524,7 @@ type UpdateResult struct {
 // hot-(un)plug, vCPU hot-add and balloon memory changes are applied live,
 // and whatever the guest did not take is reported as pending.
 func (m *Manager) Update(ctx context.Context, name string, spec *v1.VMSpec) (UpdateResult, error) {
+	defer m.changing(name)()
 	var res UpdateResult
 	lv, err := m.conn.Client(ctx)
 	if err != nil {
@@ -389,7 +557,8 @@ func (m *Manager) Update(ctx context.Context, name string, spec *v1.VMSpec) (Upd
 	if err != nil {
 		return res, err
 	}
-	want, err := buildDomain(domainParams{Name: name, UUID: cur.UUID, Hypervisor: cur.Type, Spec: spec, Disks: disks, SeedPath: curMeta.Seed})
+	want, err := buildDomain(domainParams{Name: name, UUID: cur.UUID, Hypervisor: cur.Type, Spec: spec, Disks: disks, SeedPath: curMeta.Seed,
+		Request: Request{ID: curMeta.RequestID, Hash: curMeta.RequestHash}})
 	if err != nil {
 		return res, err
 	}
@@ -477,7 +646,7 @@ func cloudKey(c *v1.CloudInit) string {
 // applyLive changes the running guest towards want as far as libvirt and
 // the guest allow. Failures are not errors: what did not apply stays
 // pending, which Update reports.
-func (m *Manager) applyLive(lv *libvirt.Libvirt, dom libvirt.Domain, live *libvirtxml.Domain, have *v1.VMSpec, want *libvirtxml.Domain, spec *v1.VMSpec) {
+func (m *Manager) applyLive(lv *libvirtconn.Client, dom libvirt.Domain, live *libvirtxml.Domain, have *v1.VMSpec, want *libvirtxml.Domain, spec *v1.VMSpec) {
 	log := m.log.With("vm", dom.Name)
 	const liveFlag = uint32(libvirt.DomainAffectLive)
 	// vCPUs: hot-add (and hot-remove where the guest cooperates) up to the
@@ -542,7 +711,7 @@ func (m *Manager) applyLive(lv *libvirt.Libvirt, dom libvirt.Domain, live *libvi
 
 type device interface{ Marshal() (string, error) }
 
-func attach(lv *libvirt.Libvirt, dom libvirt.Domain, dev device, flags uint32) error {
+func attach(lv *libvirtconn.Client, dom libvirt.Domain, dev device, flags uint32) error {
 	doc, err := dev.Marshal()
 	if err != nil {
 		return err
@@ -550,7 +719,7 @@ func attach(lv *libvirt.Libvirt, dom libvirt.Domain, dev device, flags uint32) e
 	return lv.DomainAttachDeviceFlags(dom, doc, flags)
 }
 
-func detach(lv *libvirt.Libvirt, dom libvirt.Domain, dev device, flags uint32) error {
+func detach(lv *libvirtconn.Client, dom libvirt.Domain, dev device, flags uint32) error {
 	doc, err := dev.Marshal()
 	if err != nil {
 		return err
@@ -560,6 +729,7 @@ func detach(lv *libvirt.Libvirt, dom libvirt.Domain, dev device, flags uint32) e
 
 // Start boots a stopped VM; starting a running one is a no-op.
 func (m *Manager) Start(ctx context.Context, name string) error {
+	defer m.changing(name)()
 	lv, err := m.conn.Client(ctx)
 	if err != nil {
 		return err
@@ -588,6 +758,7 @@ func (m *Manager) Start(ctx context.Context, name string) error {
 // the guest has not stopped within timeout (at once with force). Stopping
 // a stopped VM is a no-op. It reports whether it had to force.
 func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration, force bool) error {
+	defer m.changing(name)()
 	lv, err := m.conn.Client(ctx)
 	if err != nil {
 		return err
@@ -599,7 +770,7 @@ func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration, 
 	return m.stop(ctx, lv, dom, timeout, force)
 }
 
-func (m *Manager) stop(ctx context.Context, lv *libvirt.Libvirt, dom libvirt.Domain, timeout time.Duration, force bool) error {
+func (m *Manager) stop(ctx context.Context, lv *libvirtconn.Client, dom libvirt.Domain, timeout time.Duration, force bool) error {
 	running := func() (bool, error) {
 		return domainActive(lv, dom)
 	}
@@ -643,6 +814,7 @@ func (m *Manager) stop(ctx context.Context, lv *libvirt.Libvirt, dom libvirt.Dom
 
 // Reboot restarts the guest: ACPI reboot request, or a reset with force.
 func (m *Manager) Reboot(ctx context.Context, name string, force bool) error {
+	defer m.changing(name)()
 	lv, err := m.conn.Client(ctx)
 	if err != nil {
 		return err
@@ -656,7 +828,7 @@ func (m *Manager) Reboot(ctx context.Context, name string, force bool) error {
 		return err
 	}
 	if !active {
-		return status.Errorf(codes.FailedPrecondition, "VM %q is not running; start it instead", name)
+		return fault.Errorf(fault.FailedPrecondition, "VM %q is not running; start it instead", name)
 	}
 	if force {
 		return libvirtconn.Status(lv.DomainReset(dom, 0), "reset VM %q", name)
@@ -667,6 +839,7 @@ func (m *Manager) Reboot(ctx context.Context, name string, force bool) error {
 // Delete forces the VM off and undefines it with its NVRAM and seed.
 // Its disk volumes stay.
 func (m *Manager) Delete(ctx context.Context, name string) error {
+	defer m.changing(name)()
 	lv, err := m.conn.Client(ctx)
 	if err != nil {
 		return err
@@ -698,7 +871,7 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 // the guest stops. It uses its own libvirt connection, whose closing is
 // what ends the stream inside libvirtd.
 func (m *Manager) Console(ctx context.Context, name string, w io.Writer) error {
-	lv, err := m.conn.Client(ctx)
+	lv, err := m.conn.Reader(ctx)
 	if err != nil {
 		return err
 	}
@@ -711,7 +884,7 @@ func (m *Manager) Console(ctx context.Context, name string, w io.Writer) error {
 		return err
 	}
 	if !active {
-		return status.Errorf(codes.FailedPrecondition, "VM %q is not running: its console has no output", name)
+		return fault.Errorf(fault.FailedPrecondition, "VM %q is not running: its console has no output", name)
 	}
 	own, err := m.conn.Dedicated(ctx)
 	if err != nil {
@@ -745,7 +918,7 @@ func (m *Manager) Console(ctx context.Context, name string, w io.Writer) error {
 // Addresses returns the guest's IP addresses from the given sources,
 // waiting up to wait for at least one.
 func (m *Manager) Addresses(ctx context.Context, name string, wait time.Duration, sources []v1.VMAddress_Source) ([]*v1.VMAddress, error) {
-	lv, err := m.conn.Client(ctx)
+	lv, err := m.conn.Reader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -769,7 +942,7 @@ func (m *Manager) Addresses(ctx context.Context, name string, wait time.Duration
 			return nil, err
 		}
 		if !active {
-			return nil, status.Errorf(codes.FailedPrecondition, "VM %q is not running: it has no addresses", name)
+			return nil, fault.Errorf(fault.FailedPrecondition, "VM %q is not running: it has no addresses", name)
 		}
 		var out []*v1.VMAddress
 		for _, s := range sources {
@@ -803,11 +976,11 @@ func (m *Manager) Addresses(ctx context.Context, name string, wait time.Duration
 			if wait == 0 {
 				return nil, nil
 			}
-			return nil, status.Errorf(codes.DeadlineExceeded, "VM %q reported no IP address within %s (%s); user-mode NICs are only visible to the guest agent", name, wait, strings.Join(why, "; "))
+			return nil, fault.Errorf(fault.DeadlineExceeded, "VM %q reported no IP address within %s (%s); user-mode NICs are only visible to the guest agent", name, wait, strings.Join(why, "; "))
 		}
 		select {
 		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
+			return nil, fault.Wrap(ctx.Err(), "VM %q addresses", name)
 		case <-time.After(time.Second):
 		}
 	}
@@ -815,7 +988,7 @@ func (m *Manager) Addresses(ctx context.Context, name string, wait time.Duration
 
 // domainActive reports whether the domain is running or paused (has a
 // QEMU process), as libvirt sees it now.
-func domainActive(lv *libvirt.Libvirt, dom libvirt.Domain) (bool, error) {
+func domainActive(lv *libvirtconn.Client, dom libvirt.Domain) (bool, error) {
 	st, _, err := lv.DomainGetState(dom, 0)
 	if err != nil {
 		return false, libvirtconn.Status(err, "VM %q state", dom.Name)

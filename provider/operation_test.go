@@ -1,0 +1,62 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+)
+
+// TestRetryPolicy: which failures are retried, and which leave it open whether the agent got the
+// request (so an unanswered VM create is kept as unconfirmed rather than forgotten).
+func TestRetryPolicy(t *testing.T) {
+	tests := []struct {
+		err              error
+		transient, maybe bool
+	}{
+		{status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.1:1: connect: connection refused"`), true, false},
+		{status.Error(codes.Unavailable, "error reading from server: EOF"), true, true},
+		{status.Error(codes.Unavailable, `libvirtd did not answer DomainGetState within 10s`), true, true},
+		{status.Error(codes.DeadlineExceeded, "context deadline exceeded"), true, true},
+		{fmt.Errorf("wait: %w", context.DeadlineExceeded), true, true},
+		{status.Error(codes.Canceled, "context canceled"), false, true},
+		{context.Canceled, false, true},
+		{status.Error(codes.ResourceExhausted, "too many"), true, true},
+		{status.Error(codes.AlreadyExists, `vm.name: VM "a" already exists`), false, false},
+		{status.Error(codes.InvalidArgument, "request_id: bad"), false, false},
+		{status.Error(codes.PermissionDenied, "reader"), false, false},
+		{errors.New("plain"), false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.err.Error(), func(t *testing.T) {
+			if got := transient(tt.err); got != tt.transient {
+				t.Errorf("transient = %v, want %v", got, tt.transient)
+			}
+			if got := mayHaveArrived(tt.err); got != tt.maybe {
+				t.Errorf("mayHaveArrived = %v, want %v", got, tt.maybe)
+			}
+		})
+	}
+}
+
+// TestRefused: only an operation that failed with ALREADY_EXISTS means the name is another's.
+func TestRefused(t *testing.T) {
+	for _, tt := range []struct {
+		op   *v1.Operation
+		want bool
+	}{
+		{&v1.Operation{State: v1.Operation_STATE_FAILED, ErrorCode: int32(codes.AlreadyExists)}, true},
+		{&v1.Operation{State: v1.Operation_STATE_FAILED, ErrorCode: int32(codes.Internal)}, false},
+		{&v1.Operation{State: v1.Operation_STATE_RUNNING}, false},
+		{nil, false},
+	} {
+		if got := (outcome{op: tt.op}).refused(); got != tt.want {
+			t.Errorf("refused(%v) = %v, want %v", tt.op, got, tt.want)
+		}
+	}
+}
