@@ -3,12 +3,14 @@ package e2e_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/imagebuilder"
 )
 
 // nodeAgentConfig is the agent config the test nodes get from their
@@ -33,9 +35,12 @@ upgrade:
 
 // TestNodeLifecycle is one DebVisor node's life under QEMU: it boots the
 // built image (first boot, data partition grown, read-only root, the one
-// health report healthy, kmscon on tty1, the default pool), upgrades
+// health report healthy, kmscon on tty1, the default pool), applies
+// examples/quickstart with OpenTofu against the node (virsh inside the
+// node as the witness, an empty second plan), upgrades
 // v1 → v2 from a registry through the API (reboot, health, commit, v1
-// kept), reboots plainly into v2, rejects v3 whose health check fails
+// kept, the quickstart's autostart VM running again, then destroyed
+// without a trace), reboots plainly into v2, rejects v3 whose health check fails
 // (automatic rollback with the reason in the slot status) and v4 whose
 // kernel panics (GRUB falls back with no help from userspace).
 func TestNodeLifecycle(t *testing.T) {
@@ -72,6 +77,11 @@ func TestNodeLifecycle(t *testing.T) {
 	})
 	t.Logf("after the first boot:\n%s", slotsText(st))
 
+	// The quickstart's pool, volume and VM, applied by OpenTofu against
+	// the node's agent; the VM (autostart) lives through the upgrade.
+	const qsPool = "/data/pools/quickstart"
+	qs := quickstartApply(ctx, t, n, qsPool)
+
 	// v1 -> v2 through the API.
 	t0 := time.Now()
 	op := n.upgrade(ctx, v2.Ref, v1.UpgradeRequest_MODE_REBOOT)
@@ -95,6 +105,9 @@ func TestNodeLifecycle(t *testing.T) {
 		t.Fatalf("/etc change lost across the upgrade: %q", out)
 	}
 	checkHealthy(ctx, t, n)
+	checkQuickstartVM(ctx, t, n, "after the upgrade to v2")
+	qs.planEmpty(ctx, "after the upgrade to v2")
+	quickstartDestroy(ctx, t, n, qs, qsPool)
 
 	// A plain reboot boots v2 again, not as a fallback.
 	_, _ = n.ssh(ctx, "systemctl reboot")
@@ -139,6 +152,25 @@ func TestNodeLifecycle(t *testing.T) {
 		t.Fatalf("slot A after v4's rollback:\n%s", slotsText(st))
 	}
 	t.Logf("after v4:\n%s", slotsText(st))
+
+	// The disk has lived: seven boots, two upgrades written, a journal
+	// full of history. Inspect reads it (the first inspect of a booted
+	// disk used to crash in go-diskfs's ext4 reader) and sees what GRUB
+	// will boot.
+	_, _ = n.ssh(ctx, "sync")
+	if err := n.m.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	raw := filepath.Join(t.TempDir(), "lived.raw")
+	run(t, "qemu-img", "convert", "-O", "raw", n.disk, raw)
+	rep, err := imagebuilder.Inspect(ctx, raw)
+	if rep == nil {
+		t.Fatalf("inspect of the lived disk: %v", err)
+	}
+	t.Logf("inspect of the lived disk: checked %v, problems %v (%v)", rep.Checked, rep.Problems, err)
+	if rep.Slots["B"].Version != "0.2.0" || rep.Slots["A"].Version != "0.4.0" || rep.NextBoot != "B" {
+		t.Fatalf("inspect of the lived disk: slots %+v, next boot %q", rep.Slots, rep.NextBoot)
+	}
 }
 
 // checkFirstBoot: firstboot ran once, the data partition fills the disk,

@@ -54,13 +54,22 @@ type SlotReport struct {
 // ESP and the UEFI loader (grubefi), both grubenv copies (bootenv), every
 // file in each slot's squashfs, and the data partition's ext4. It returns
 // the report and an error when anything is inconsistent.
-func Inspect(ctx context.Context, image string) (*Report, error) {
+//
+// A disk that has lived (or been damaged) can hold structures the readers
+// do not expect: a part that cannot be read is reported as a problem and
+// inspect goes on with the next; no input makes it crash.
+func Inspect(ctx context.Context, image string) (r *Report, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("%s: the partition table could not be read: %v", image, v)
+		}
+	}()
 	d, err := diskfs.Open(image, diskfs.WithOpenMode(diskfs.ReadOnly))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", image, err)
 	}
 	defer d.Close()
-	r := &Report{Image: image, Size: d.Size, Slots: map[string]SlotReport{}, Checked: []string{}, Problems: []string{}}
+	r = &Report{Image: image, Size: d.Size, Slots: map[string]SlotReport{}, Checked: []string{}, Problems: []string{}}
 	bad := func(format string, a ...any) { r.Problems = append(r.Problems, fmt.Sprintf(format, a...)) }
 	pt, err := d.GetPartitionTable()
 	if err != nil {
@@ -71,9 +80,6 @@ func Inspect(ctx context.Context, image string) (*Report, error) {
 		return r, fmt.Errorf("%s: partition table is %s, not GPT", image, pt.Type())
 	}
 	r.DiskGUID = table.GUID
-	if table.RecoveredFromBackup {
-		bad("primary GPT is damaged (read from the backup)")
-	}
 	want := map[int][2]string{
 		osimage.PartESP: {osimage.LabelESP, osimage.TypeEFISystem}, osimage.PartA: {osimage.LabelA, osimage.TypeLinuxFilesystem},
 		osimage.PartB: {osimage.LabelB, osimage.TypeLinuxFilesystem}, osimage.PartData: {osimage.LabelData, osimage.TypeLinuxFilesystem},
@@ -105,13 +111,30 @@ func Inspect(ctx context.Context, image string) (*Report, error) {
 		return r, r.err()
 	}
 	r.Checked = append(r.Checked, "gpt")
-	r.inspectBIOS(d.Backend, parts[osimage.PartBIOS], parts)
-	r.inspectESP(ctx, d.Backend, parts[osimage.PartESP])
-	for _, s := range osimage.Slots {
-		r.inspectSlot(d.Backend, s, parts[s.Partition()])
+	// The layout is intact in the backup: read on, and say so.
+	if table.RecoveredFromBackup {
+		bad("primary GPT is damaged (read from the backup)")
 	}
-	r.inspectData(d.Backend, parts[osimage.PartData])
+	r.guard("BIOS boot", func() { r.inspectBIOS(d.Backend, parts[osimage.PartBIOS], parts) })
+	r.guard("ESP", func() { r.inspectESP(ctx, d.Backend, parts[osimage.PartESP]) })
+	for _, s := range osimage.Slots {
+		r.guard("slot "+string(s), func() { r.inspectSlot(d.Backend, s, parts[s.Partition()]) })
+	}
+	r.guard("data", func() { r.inspectData(d.Backend, parts[osimage.PartData]) })
 	return r, r.err()
+}
+
+// guard runs the reader of one part of the disk. The readers are
+// go-diskfs's, written for disks they made: on a damaged or unexpected
+// structure some of them panic instead of returning an error. That part is
+// then reported unreadable and the others are still read.
+func (r *Report) guard(part string, read func()) {
+	defer func() {
+		if v := recover(); v != nil {
+			r.Problems = append(r.Problems, fmt.Sprintf("%s: unreadable, its reader failed on this disk: %v", part, v))
+		}
+	}()
+	read()
 }
 
 func (r *Report) err() error {

@@ -9,6 +9,8 @@ package esp
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	iofs "io/fs"
@@ -83,7 +85,8 @@ func ReadOnly() OpenOption { return func(o *openOptions) { o.readOnly = true } }
 // block device. Opened for writing, the disk is opened exclusively, so a
 // block device whose partitions are mounted is refused: on a running node
 // use the mounted ESP (bootenv.DirFS) instead. Close releases the disk.
-func Open(image string, opts ...OpenOption) (*FS, error) {
+func Open(image string, opts ...OpenOption) (_ *FS, err error) {
+	defer recoverReader(&err, image)
 	var o openOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -129,7 +132,11 @@ func Open(image string, opts ...OpenOption) (*FS, error) {
 // OpenAt reads the FAT32 filesystem of size bytes at byte start of store
 // (a disk go-diskfs already opened, as inspect does). Closing the FS does
 // not close store.
-func OpenAt(store backend.Storage, start, size int64) (*FS, error) {
+func OpenAt(store backend.Storage, start, size int64) (_ *FS, err error) {
+	defer recoverReader(&err, "ESP")
+	if err := checkBootSector(store, start, size); err != nil {
+		return nil, fmt.Errorf("ESP: not a readable FAT32: %w", err)
+	}
 	fat, err := fat32.Read(store, size, start, sectorSize)
 	if err != nil {
 		return nil, fmt.Errorf("ESP: not a readable FAT32: %w", err)
@@ -157,7 +164,8 @@ func checkName(name string) error {
 
 // ReadFile returns the contents of name (slash-separated, relative to the
 // ESP's root). A missing file is an error wrapping fs.ErrNotExist.
-func (f *FS) ReadFile(ctx context.Context, name string) ([]byte, error) {
+func (f *FS) ReadFile(ctx context.Context, name string) (_ []byte, err error) {
+	defer recoverReader(&err, "ESP "+name)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -189,7 +197,8 @@ func (f *FS) ReadFile(ctx context.Context, name string) ([]byte, error) {
 // then repairs the filesystem's metadata (Repair) and fsyncs the disk, so
 // the contents are durable on return; on one from Create or OpenAt the
 // caller owns the disk and does both (Finish) when it is done writing.
-func (f *FS) WriteFile(ctx context.Context, name string, data []byte) error {
+func (f *FS) WriteFile(ctx context.Context, name string, data []byte) (err error) {
+	defer recoverReader(&err, "ESP "+name)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -289,4 +298,49 @@ func lookup(fs filesystem.FileSystem, name string) (iofs.FileInfo, error) {
 		dir = path.Join(dir, found.Name())
 	}
 	return nil, fmt.Errorf("%s: %w", name, iofs.ErrNotExist)
+}
+
+// ErrUnreadable: go-diskfs's FAT32 code failed on the structures it found
+// (it panics on some damaged filesystems instead of returning an error).
+var ErrUnreadable = errors.New("damaged or unexpected FAT32 structures")
+
+// recoverReader turns a panic inside go-diskfs into an error wrapping
+// ErrUnreadable, so a damaged disk is reported, never a crash of the
+// agent, inspect or dvctl's emergency mode.
+func recoverReader(err *error, what string) {
+	if v := recover(); v != nil {
+		*err = fmt.Errorf("%s: %w: %v", what, ErrUnreadable, v)
+	}
+}
+
+// checkBootSector refuses a FAT32 boot sector whose geometry does not fit
+// the partition before go-diskfs sees it: its reader trusts the sizes it
+// finds (a damaged FAT size made it read and allocate gigabytes).
+func checkBootSector(store backend.Storage, start, size int64) error {
+	bs := make([]byte, sectorSize)
+	if _, err := store.ReadAt(bs, start); err != nil {
+		return fmt.Errorf("read the boot sector: %w", err)
+	}
+	g, err := parseFAT32Geometry(bs)
+	if err != nil {
+		return err
+	}
+	total := int64(binary.LittleEndian.Uint32(bs[32:]))
+	if t16 := int64(binary.LittleEndian.Uint16(bs[19:])); t16 != 0 {
+		total = t16
+	}
+	spc := int64(g.sectorsPerCluster)
+	switch {
+	case g.sectorSize != sectorSize:
+		return fmt.Errorf("%d-byte sectors, want %d", g.sectorSize, sectorSize)
+	case spc&(spc-1) != 0:
+		return fmt.Errorf("%d sectors per cluster is not a power of two", spc)
+	case total*sectorSize > size:
+		return fmt.Errorf("the filesystem (%d sectors) is larger than its partition (%d bytes)", total, size)
+	case g.fats > 2 || int64(g.fats)*int64(g.fatSectors) >= total:
+		return fmt.Errorf("%d FATs of %d sectors do not fit %d sectors", g.fats, g.fatSectors, total)
+	case g.rootCluster < 2 || g.rootCluster >= g.clusters+2:
+		return fmt.Errorf("root directory cluster %d outside 2..%d", g.rootCluster, g.clusters+1)
+	}
+	return nil
 }
