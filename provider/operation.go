@@ -166,7 +166,10 @@ func (p *providerData) run(ctx context.Context, timeout time.Duration, what stri
 				return out, p.failed(ctx, timeout, what, out, err)
 			}
 			continue
-		case transient(err) && ctx.Err() == nil:
+		case transient(err) && ctx.Err() == nil && !ended(op):
+			// A call failed, not the operation: an operation that ended with a transient
+			// code (an upgrade whose registry was unreachable) stays ended however often
+			// it is asked about.
 			tflog.Debug(ctx, "retrying wait for "+what, map[string]any{"attempt": n + 1, "error": err.Error()})
 			if backoff(ctx, n) {
 				n++
@@ -195,6 +198,15 @@ func (p *providerData) failed(ctx context.Context, timeout time.Duration, what s
 		return &apiError{msg: fmt.Sprintf("%s (operation %s): %s", what, out.op.GetId(), describe(p.endpoint, err)), err: err}
 	}
 	return &apiError{msg: what + ": " + describe(p.endpoint, err), err: err}
+}
+
+// ended reports whether op reached a final state.
+func ended(op *v1.Operation) bool {
+	switch op.GetState() {
+	case v1.Operation_STATE_SUCCEEDED, v1.Operation_STATE_FAILED, v1.Operation_STATE_CANCELLED:
+		return true
+	}
+	return false
 }
 
 // call bounds one unary API call by request_timeout.

@@ -61,8 +61,8 @@ func (p *DebVisorProvider) Metadata(_ context.Context, _ provider.MetadataReques
 
 func (p *DebVisorProvider) Schema(_ context.Context, _ provider.SchemaRequest, resp *provider.SchemaResponse) {
 	resp.Schema = schema.Schema{
-		MarkdownDescription: "The DebVisor provider manages storage pools, volumes and virtual machines on a " +
-			"DebVisor node by talking to its agent's mTLS gRPC API. Every setting can also come from a " +
+		MarkdownDescription: "The DebVisor provider manages storage pools, volumes, virtual machines and the operating " +
+			"system image of a DebVisor node by talking to its agent's mTLS gRPC API. Every setting can also come from a " +
 			"`DEBVISOR_*` environment variable; a value in the configuration wins. TLS material is given " +
 			"either as file paths or as inline PEM; inline PEM wins.",
 		Attributes: map[string]schema.Attribute{
@@ -211,6 +211,7 @@ func (p *DebVisorProvider) Resources(_ context.Context) []func() resource.Resour
 		NewStoragePoolResource,
 		NewVolumeResource,
 		NewVMResource,
+		NewNodeResource,
 	}
 }
 
