@@ -42,7 +42,9 @@ upgrade:
 // kept, the quickstart's autostart VM running again, then destroyed
 // without a trace), reboots plainly into v2, rejects v3 whose health check fails
 // (automatic rollback with the reason in the slot status) and v4 whose
-// kernel panics (GRUB falls back with no help from userspace).
+// kernel panics (GRUB falls back with no help from userspace), upgrades
+// v2 → v5 by changing a debvisor_node's image in OpenTofu, and finally
+// inspects the disk that lived all this.
 func TestNodeLifecycle(t *testing.T) {
 	ctx := context.Background()
 	reg := startRegistry(t)
@@ -52,6 +54,8 @@ func TestNodeLifecycle(t *testing.T) {
 	v3 := reg.push(ctx, t, build(ctx, t, "0.3.0", "systemd.mask=libvirtd.service systemd.mask=libvirtd.socket"))
 	// v4's init exits at once: the kernel panics (panic=10 reboots).
 	v4 := reg.push(ctx, t, build(ctx, t, "0.4.0", "init=/bin/false"))
+	// v5 is a good release, rolled out by OpenTofu.
+	v5 := reg.push(ctx, t, build(ctx, t, "0.5.0", ""))
 
 	s := newSeed(t, map[string]string{
 		"/etc/debvisor/agent.yaml":       nodeAgentConfig,
@@ -153,7 +157,20 @@ func TestNodeLifecycle(t *testing.T) {
 	}
 	t.Logf("after v4:\n%s", slotsText(st))
 
-	// The disk has lived: seven boots, two upgrades written, a journal
+	// v2 -> v5 by OpenTofu: a debvisor_node adopts the node at v2, then
+	// its image changes to v5; apply returns once v5 is committed.
+	if got := tofuUpgrade(ctx, t, n, v2.Ref, v5.Ref); got != "A 0.5.0" {
+		t.Fatalf("debvisor_node after the upgrade to v5 reads booted %q, want \"A 0.5.0\"", got)
+	}
+	if b := n.waitBoots(ctx, 8); b[7].Slot != "A" || b[7].Fallback {
+		t.Fatalf("GRUB's boot of v5: %+v", b[7])
+	}
+	st = n.waitSlots(ctx, "v5 to be committed", func(st *v1.SlotStatus) bool {
+		return st.GetBootedSlot() == "A" && slot(st, "A").GetCommitted()
+	})
+	t.Logf("after v5 (tofu):\n%s", slotsText(st))
+
+	// The disk has lived: eight boots, four upgrades written, a journal
 	// full of history. Inspect reads it (the first inspect of a booted
 	// disk used to crash in go-diskfs's ext4 reader) and sees what GRUB
 	// will boot.
@@ -168,7 +185,7 @@ func TestNodeLifecycle(t *testing.T) {
 		t.Fatalf("inspect of the lived disk: %v", err)
 	}
 	t.Logf("inspect of the lived disk: checked %v, problems %v (%v)", rep.Checked, rep.Problems, err)
-	if rep.Slots["B"].Version != "0.2.0" || rep.Slots["A"].Version != "0.4.0" || rep.NextBoot != "B" {
+	if rep.Slots["B"].Version != "0.2.0" || rep.Slots["A"].Version != "0.5.0" || rep.NextBoot != "A" {
 		t.Fatalf("inspect of the lived disk: slots %+v, next boot %q", rep.Slots, rep.NextBoot)
 	}
 }

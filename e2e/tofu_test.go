@@ -44,6 +44,17 @@ func tofuBinary(t testing.TB) string {
 // newQuickstart copies examples/quickstart and points the provider at n.
 func newQuickstart(t testing.TB, n *node, poolPath string) *tofuWork {
 	t.Helper()
+	main, err := os.ReadFile(filepath.Join(repoRoot(t), "examples", "quickstart", "main.tf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newTofu(t, n, string(main), "TF_VAR_pool_path="+poolPath)
+}
+
+// newTofu writes config as main.tf of a fresh directory, with the provider
+// pointed at n; env adds TF_VAR_ settings.
+func newTofu(t testing.TB, n *node, config string, env ...string) *tofuWork {
+	t.Helper()
 	dir := t.TempDir()
 	plugins := filepath.Join(dir, "plugins")
 	if err := os.MkdirAll(plugins, 0o755); err != nil {
@@ -67,17 +78,53 @@ func newQuickstart(t testing.TB, n *node, poolPath string) *tofuWork {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	main, err := os.ReadFile(filepath.Join(repoRoot(t), "examples", "quickstart", "main.tf"))
-	if err != nil {
+	if err := os.WriteFile(filepath.Join(work, "main.tf"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(work, "main.tf"), main, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &tofuWork{t: t, bin: tofuBinary(t), dir: work, env: append(os.Environ(),
-		"TF_CLI_CONFIG_FILE="+filepath.Join(dir, "tofurc"), "TF_IN_AUTOMATION=1", "TF_VAR_pool_path="+poolPath,
+	return &tofuWork{t: t, bin: tofuBinary(t), dir: work, env: append(append(os.Environ(),
+		"TF_CLI_CONFIG_FILE="+filepath.Join(dir, "tofurc"), "TF_IN_AUTOMATION=1",
 		"DEBVISOR_ENDPOINT="+n.m.AgentEndpoint(), "DEBVISOR_CA="+n.seed.Creds.CA,
-		"DEBVISOR_CERT="+n.seed.Creds.Cert, "DEBVISOR_KEY="+n.seed.Creds.Key)}
+		"DEBVISOR_CERT="+n.seed.Creds.Cert, "DEBVISOR_KEY="+n.seed.Creds.Key), env...)}
+}
+
+// nodeConfig is a debvisor_node whose image is var.image.
+const nodeConfig = `terraform {
+  required_providers {
+    debvisor = { source = "debvisor/debvisor" }
+  }
+}
+
+provider "debvisor" {}
+
+variable "image" { type = string }
+
+resource "debvisor_node" "this" {
+  image = var.image
+}
+
+output "booted" {
+  value = "${debvisor_node.this.booted_slot} ${debvisor_node.this.booted_version}"
+}
+`
+
+// tofuUpgrade adopts the node at image from (an apply that changes
+// nothing on the node), then changes the image to to: tofu apply upgrades
+// the node and returns once the new slot is committed. It returns the
+// booted "slot version" the provider read back.
+func tofuUpgrade(ctx context.Context, t *testing.T, n *node, from, to string) string {
+	t.Helper()
+	w := newTofu(t, n, nodeConfig, "TF_VAR_image="+from)
+	w.must(ctx, "init", "-input=false", "-no-color")
+	w.must(ctx, "apply", "-auto-approve", "-input=false", "-no-color")
+	before := w.output(ctx, "booted")
+	w.planEmpty(ctx, "after adopting the node")
+	w.env = append(w.env, "TF_VAR_image="+to)
+	t0 := time.Now()
+	w.must(ctx, "apply", "-auto-approve", "-input=false", "-no-color")
+	after := w.output(ctx, "booted")
+	t.Logf("tofu apply of debvisor_node %s -> %s took %s: booted %q -> %q", from, to, time.Since(t0).Round(time.Second), before, after)
+	w.planEmpty(ctx, "after the upgrade")
+	return after
 }
 
 // run runs tofu with args and returns its output and exit code; an error
