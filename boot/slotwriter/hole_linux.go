@@ -47,3 +47,15 @@ func dropCache(d Device, off, n int64) {
 		_ = unix.Fadvise(int(f.Fd()), off, n, unix.FADV_DONTNEED)
 	}
 }
+
+// startWriteback asks the kernel to start writing the range to the disk
+// now, without waiting: the disk then works while the next buffers are
+// downloaded and hashed, and the fsync at the end only waits for the
+// tail instead of writing the whole image. Durability still comes from
+// that fsync; a device that is not a file descriptor, or a kernel that
+// refuses, just leaves all the writing to it.
+func startWriteback(d Device, off, n int64) {
+	if f, ok := d.(fileDevice); ok {
+		_ = unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+	}
+}

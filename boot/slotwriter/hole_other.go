@@ -8,3 +8,5 @@ import "log/slog"
 func rangeIsHole(Target, *slog.Logger) bool { return false }
 
 func dropCache(Device, int64, int64) {}
+
+func startWriteback(Device, int64, int64) {}

@@ -72,11 +72,14 @@ type options struct {
 	bufSize      int
 	log          *slog.Logger
 	progress     func(written int64)
+	readBack     func()
 }
 
-// DefaultBufferSize is the size of each of the (at most two) buffers a
-// write uses, whatever the image size.
-const DefaultBufferSize = 1 << 20
+// DefaultBufferSize is the size of each of the three buffers a write
+// cycles through, whatever the image size: large enough that per-call
+// costs vanish against the copies and the hash, small enough that memory
+// stays flat.
+const DefaultBufferSize = 4 << 20
 
 // WithExpectedSize makes a write fail when the reader does not yield
 // exactly n bytes; a size larger than the partition fails before anything
@@ -125,6 +128,12 @@ func WithLogger(l *slog.Logger) Option {
 // written so far.
 func WithProgress(fn func(written int64)) Option {
 	return func(o *options) error { o.progress = fn; return nil }
+}
+
+// WithReadBack is called once the image is written, checked and synced to
+// the disk, as the read-back verification starts.
+func WithReadBack(fn func()) Option {
+	return func(o *options) error { o.readBack = fn; return nil }
 }
 
 // WriteSlot marks slot not bootable through env, then writes src onto t
@@ -194,17 +203,20 @@ func check(t Target, o options) error {
 
 func write(ctx context.Context, src io.Reader, t Target, o options) (Result, error) {
 	skipZeros := t.Sparse && rangeIsHole(t, o.log)
-	buf := make([]byte, o.bufSize)
-	var zero []byte
-	if skipZeros {
-		zero = make([]byte, o.bufSize)
+	bufs := make([][]byte, buffers)
+	for i := range bufs {
+		bufs[i] = make([]byte, o.bufSize)
 	}
-	h := sha256.New()
+	// Reading and writing stay on this goroutine (in order, so a failure
+	// leaves a prefix written); the hash runs behind them on its own.
+	h := newHasher(bufs)
+	defer h.stop()
 	var pos int64
 	for {
 		if err := ctx.Err(); err != nil {
 			return Result{}, fmt.Errorf("stopped after %d bytes: %w", pos, err)
 		}
+		buf := h.buffer()
 		n, rerr := io.ReadFull(src, buf)
 		if n > 0 {
 			if pos+int64(n) > t.Size {
@@ -213,12 +225,10 @@ func write(ctx context.Context, src io.Reader, t Target, o options) (Result, err
 			if o.expectSize >= 0 && pos+int64(n) > o.expectSize {
 				return Result{}, fmt.Errorf("the image is larger than the expected %d bytes", o.expectSize)
 			}
-			h.Write(buf[:n])
-			if !skipZeros || !bytes.Equal(buf[:n], zero[:n]) {
-				if _, err := t.Device.WriteAt(buf[:n], t.Offset+pos); err != nil {
-					return Result{}, fmt.Errorf("write at byte %d of the partition: %w", pos, err)
-				}
+			if err := writeAt(t, buf[:n], pos, skipZeros); err != nil {
+				return Result{}, err
 			}
+			h.hash(buf[:n])
 			pos += int64(n)
 			if o.progress != nil {
 				o.progress(pos)
@@ -231,7 +241,7 @@ func write(ctx context.Context, src io.Reader, t Target, o options) (Result, err
 			return Result{}, fmt.Errorf("read the image after %d bytes: %w", pos, rerr)
 		}
 	}
-	res := Result{Size: pos, Digest: "sha256:" + hex.EncodeToString(h.Sum(nil))}
+	res := Result{Size: pos, Digest: "sha256:" + hex.EncodeToString(h.sum())}
 	if o.expectSize >= 0 && pos != o.expectSize {
 		return res, fmt.Errorf("the image is %d bytes, expected %d", pos, o.expectSize)
 	}
@@ -242,34 +252,137 @@ func write(ctx context.Context, src io.Reader, t Target, o options) (Result, err
 		return res, fmt.Errorf("fsync: %w", err)
 	}
 	o.log.DebugContext(ctx, "partition written", slog.Int64("bytes", pos), slog.String("digest", res.Digest), slog.Bool("zeros_skipped", skipZeros))
+	if o.readBack != nil {
+		o.readBack()
+	}
 	if !t.Sparse {
 		// Read back from the disk, not from the page cache (best effort).
 		dropCache(t.Device, t.Offset, pos)
 	}
-	if err := verify(ctx, t, pos, res.Digest, buf); err != nil {
+	if err := verify(ctx, t, pos, res.Digest, bufs); err != nil {
 		return res, err
 	}
 	return res, nil
 }
 
+// zeroBlock is the granularity at which zeros of a sparse target stay
+// holes: finer than a buffer, so that a buffer mixing data and zeros still
+// leaves its zero runs unwritten.
+const zeroBlock = 64 << 10
+
+var zeros [zeroBlock]byte
+
+// writeAt writes b at pos of the partition in one call, or, when
+// skipZeros, its runs of zeroBlock-aligned blocks that are not all zero.
+func writeAt(t Target, b []byte, pos int64, skipZeros bool) error {
+	write := func(from, to int) error {
+		off := t.Offset + pos + int64(from)
+		if _, err := t.Device.WriteAt(b[from:to], off); err != nil {
+			return fmt.Errorf("write at byte %d of the partition: %w", pos+int64(from), err)
+		}
+		startWriteback(t.Device, off, int64(to-from))
+		return nil
+	}
+	if !skipZeros {
+		return write(0, len(b))
+	}
+	start := -1 // of the current run of data
+	flush := func(end int) error {
+		err := write(start, end)
+		start = -1
+		return err
+	}
+	for i := 0; i < len(b); i += zeroBlock {
+		end := min(i+zeroBlock, len(b))
+		if !bytes.Equal(b[i:end], zeros[:end-i]) {
+			if start < 0 {
+				start = i
+			}
+		} else if start >= 0 {
+			if err := flush(i); err != nil {
+				return err
+			}
+		}
+	}
+	if start >= 0 {
+		return flush(len(b))
+	}
+	return nil
+}
+
 // verify reads [Offset, Offset+n) back and compares its hash.
-func verify(ctx context.Context, t Target, n int64, want string, buf []byte) error {
-	h := sha256.New()
+func verify(ctx context.Context, t Target, n int64, want string, bufs [][]byte) error {
+	h := newHasher(bufs)
+	defer h.stop()
 	for pos := int64(0); pos < n; {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("verify stopped after %d bytes: %w", pos, err)
 		}
+		buf := h.buffer()
 		chunk := buf[:min(int64(len(buf)), n-pos)]
 		if _, err := t.Device.ReadAt(chunk, t.Offset+pos); err != nil {
 			return fmt.Errorf("read back at byte %d of the partition: %w", pos, err)
 		}
-		h.Write(chunk)
+		h.hash(chunk)
 		pos += int64(len(chunk))
 	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != want {
+	if got := "sha256:" + hex.EncodeToString(h.sum()); got != want {
 		return fmt.Errorf("read back %s from the partition, wrote %s", got, want)
 	}
 	return nil
+}
+
+// buffers is how many buffers a write cycles through: one being filled
+// (read from the source, or from the disk when verifying), one being
+// hashed, one queued between them so that neither side waits for the
+// other's jitter.
+const buffers = 3
+
+// hasher computes SHA-256 on its own goroutine over buffers handed to it
+// in order, so that hashing (as expensive as the rest of a write put
+// together) overlaps reading and writing instead of adding to them.
+type hasher struct {
+	free   chan []byte
+	full   chan []byte
+	done   chan []byte
+	summed bool
+}
+
+func newHasher(bufs [][]byte) *hasher {
+	h := &hasher{free: make(chan []byte, len(bufs)), full: make(chan []byte, len(bufs)), done: make(chan []byte, 1)}
+	for _, b := range bufs {
+		h.free <- b
+	}
+	go func() {
+		d := sha256.New()
+		for b := range h.full {
+			d.Write(b)
+			h.free <- b[:cap(b)]
+		}
+		h.done <- d.Sum(nil)
+	}()
+	return h
+}
+
+// buffer returns a buffer the hasher is done with.
+func (h *hasher) buffer() []byte { return <-h.free }
+
+// hash queues b, a buffer from buffer, to be hashed; b is not touched
+// again until buffer returns it.
+func (h *hasher) hash(b []byte) { h.full <- b }
+
+// sum waits for everything queued and returns the digest.
+func (h *hasher) sum() []byte {
+	h.summed = true
+	close(h.full)
+	return <-h.done
+}
+
+// stop ends the goroutine when sum was not called (a failed write).
+func (h *hasher) stop() {
+	if !h.summed {
+		h.sum()
+	}
 }
 
 // fileDevice is a Device that is an open file descriptor.

@@ -348,9 +348,12 @@ func allocated(t *testing.T, p string) int64 {
 // claimed, so the slot never keeps stale bytes.
 func TestSparse(t *testing.T) {
 	const part = 8 << 20
-	img := make([]byte, 6<<20)
-	rand.New(rand.NewSource(5)).Read(img[:1<<20]) // 1 MiB of data, 5 MiB of zeros
+	// 1 MiB of data, 4 MiB of zeros, data, zeros and a short tail of
+	// data: no buffer is all zeros, and the end is not block-aligned.
+	img := make([]byte, 6<<20+100)
+	rand.New(rand.NewSource(5)).Read(img[:1<<20])
 	copy(img[5<<20:], img[:4096])
+	copy(img[6<<20:], img[:100])
 	tests := []struct {
 		name       string
 		sparse     bool

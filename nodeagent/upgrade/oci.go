@@ -45,15 +45,27 @@ func (s RegistrySource) Resolve(ctx context.Context, ref string) (*Artifact, err
 		Size:    a.Layer.Size,
 		Version: a.Metadata.Version,
 		Arch:    a.Metadata.Architecture,
+		// The slot writer checks the blob against Digest and Size as it
+		// writes: the registry's own check would hash it a second time.
 		Open: func(ctx context.Context) (io.ReadCloser, error) {
-			pr, pw := io.Pipe()
-			go func() {
-				_, err := rel.Copy(ctx, artifact.Slot, pw)
-				pw.CloseWithError(classify(err))
-			}()
-			return pr, nil
+			rc, err := rel.Blob(ctx, artifact.Slot)
+			if err != nil {
+				return nil, classify(err)
+			}
+			return classifyingReader{rc}, nil
 		},
 	}, nil
+}
+
+// classifyingReader gives a failed blob read its kind, as Resolve's errors.
+type classifyingReader struct{ io.ReadCloser }
+
+func (c classifyingReader) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = classify(err)
+	}
+	return n, err
 }
 
 // classify gives registry and signature failures their kinds: a missing or

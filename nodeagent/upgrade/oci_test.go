@@ -44,7 +44,7 @@ func (r *tamperingRegistry) ServeHTTP(w http.ResponseWriter, req *http.Request) 
 	_, _ = w.Write(b)
 }
 
-func signer(t *testing.T) (*signature.Signer, *signature.Verifier) {
+func signer(t testing.TB) (*signature.Signer, *signature.Verifier) {
 	t.Helper()
 	k, err := signature.GenerateKey(nil)
 	must(t, err)

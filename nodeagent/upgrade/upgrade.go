@@ -384,19 +384,15 @@ func (m *Manager) write(ctx context.Context, art *Artifact, target osimage.Slot,
 	defer rc.Close()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var verifying bool
 	_, err = slotwriter.WriteSlot(ctx, m.cfg.Env, target, rc,
 		slotwriter.Target{Device: dev, Size: size},
 		slotwriter.WithExpectedSize(art.Size),
 		slotwriter.WithExpectedDigest(art.Digest),
 		slotwriter.WithLogger(m.log),
-		slotwriter.WithProgress(func(n int64) {
-			if n >= art.Size && !verifying {
-				verifying = true
-				p.Phase("read-back", fmt.Sprintf("reading slot %s back", target))
-			}
-			p.Bytes(n, art.Size)
-		}))
+		slotwriter.WithProgress(func(n int64) { p.Bytes(n, art.Size) }),
+		// The write phase ends when the image is on the disk (fsync), as
+		// dd conv=fsync's does; reading it back is a phase of its own.
+		slotwriter.WithReadBack(func() { p.Phase("read-back", fmt.Sprintf("reading slot %s back", target)) }))
 	if err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return fault.Wrap(err, "write slot %s (it stays marked not bootable)", target)

@@ -497,7 +497,7 @@ func TestNotOnANode(t *testing.T) {
 	must(t, m.Boot(context.Background())) // does nothing, never fails the agent
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

@@ -30,16 +30,10 @@ const copyBuffer = 1 << 20
 // written (e.g. decompresses it) and may return a close func.
 func (c *Client) fetchBlob(ctx context.Context, repo name.Repository, desc v1.Descriptor, w io.Writer, k artifact.Kind,
 	wrap func(io.Reader) (io.Reader, func() error, error)) error {
-	auth, err := authn.Resolve(ctx, c.o.keychain, repo)
+	br, err := c.newBlobReader(ctx, repo, desc, k)
 	if err != nil {
-		return fmt.Errorf("credentials for %s: %w", repo, err)
+		return err
 	}
-	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, c.base, []string{repo.Scope(transport.PullScope)})
-	if err != nil {
-		return c.explain("connect to", repo.Tag("latest"), err)
-	}
-	u := url.URL{Scheme: repo.Scheme(), Host: repo.RegistryStr(), Path: "/v2/" + repo.RepositoryStr() + "/blobs/" + desc.Digest.String()}
-	br := &blobReader{ctx: ctx, c: c, hc: &http.Client{Transport: rt}, url: u.String(), size: desc.Size, kind: k}
 	defer br.close()
 	vr, err := artifact.NewVerifyingReader(br, desc.Digest, desc.Size, "blob "+desc.Digest.String())
 	if err != nil {
@@ -79,6 +73,21 @@ func copyAll(w io.Writer, r io.Reader) error {
 	buf := make([]byte, copyBuffer)
 	_, err := io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r}, buf)
 	return err
+}
+
+// newBlobReader prepares reading blob desc of repo; nothing is requested
+// before the first Read.
+func (c *Client) newBlobReader(ctx context.Context, repo name.Repository, desc v1.Descriptor, k artifact.Kind) (*blobReader, error) {
+	auth, err := authn.Resolve(ctx, c.o.keychain, repo)
+	if err != nil {
+		return nil, fmt.Errorf("credentials for %s: %w", repo, err)
+	}
+	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, c.base, []string{repo.Scope(transport.PullScope)})
+	if err != nil {
+		return nil, c.explain("connect to", repo.Tag("latest"), err)
+	}
+	u := url.URL{Scheme: repo.Scheme(), Host: repo.RegistryStr(), Path: "/v2/" + repo.RepositoryStr() + "/blobs/" + desc.Digest.String()}
+	return &blobReader{ctx: ctx, c: c, hc: &http.Client{Transport: rt}, url: u.String(), size: desc.Size, kind: k}, nil
 }
 
 // blobReader reads one blob over HTTP and resumes after failures.
@@ -202,4 +211,10 @@ func (b *blobReader) close() {
 		b.body.Close()
 		b.body = nil
 	}
+}
+
+// Close implements io.Closer.
+func (b *blobReader) Close() error {
+	b.close()
+	return nil
 }

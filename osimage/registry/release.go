@@ -173,6 +173,29 @@ func (r *Release) Copy(ctx context.Context, k artifact.Kind, w io.Writer) (int64
 	return cw.n, nil
 }
 
+// Blob streams the stored blob of artifact k unchecked, for a consumer
+// that checks it itself as it reads, against the size and digest of the
+// artifact's Layer (the slot writer does, before a slot can become
+// bootable): the bytes are hashed once instead of twice on the way to the
+// disk. Nothing read from it counts as verified until that check passed;
+// Copy is the stream that verifies. A dropped connection resumes as in
+// Copy. Only an artifact whose content is its blob as stored can be read
+// so: not the compressed disk image.
+func (r *Release) Blob(ctx context.Context, k artifact.Kind) (io.ReadCloser, error) {
+	if k == artifact.Disk {
+		return nil, fmt.Errorf("%s of %s: stored compressed, read it with Copy", k, r.Ref)
+	}
+	a, err := r.Artifact(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	br, err := r.c.newBlobReader(ctx, r.Ref.Context(), a.Layer, k)
+	if err != nil {
+		return nil, fmt.Errorf("%s of %s: %w", k, r.Ref, err)
+	}
+	return br, nil
+}
+
 type countWriter struct {
 	w io.Writer
 	n int64
