@@ -320,7 +320,22 @@ func slotADirectBoot(b *testing.B, img *imagebuilder.Result) (kernel, initrd, cm
 	if m == nil {
 		b.Fatalf("no linux line in grub.cfg:\n%s", cfg)
 	}
-	cmdline = strings.NewReplacer("$partuuid", strings.ToLower(slotA.GUID), "$slot", "A", "$fallback", "0").Replace(strings.TrimSpace(string(m[1])))
+	// $slot_cmdline is grub.cfg's default, replaced by the slot's own
+	// osimage.SlotCmdlineFile when the slot has one (grub.cfg sources it).
+	setCmdline := regexp.MustCompile(`(?m)^\s*set slot_cmdline="([^"]*)"`)
+	sm := setCmdline.FindSubmatch(cfg)
+	if sm == nil {
+		b.Fatalf("no slot_cmdline in grub.cfg:\n%s", cfg)
+	}
+	slotCmdline := string(sm[1])
+	if own, err := os.ReadFile(filepath.Join(dir, osimage.SlotCmdlineFile)); err == nil {
+		if sm := setCmdline.FindSubmatch(own); sm != nil {
+			slotCmdline = string(sm[1])
+		}
+	}
+	// $slot_cmdline comes before $slot: the replacer tries its arguments
+	// in order at each position.
+	cmdline = strings.NewReplacer("$slot_cmdline", slotCmdline, "$partuuid", strings.ToLower(slotA.GUID), "$slot", "A", "$fallback", "0").Replace(strings.TrimSpace(string(m[1])))
 	if strings.Contains(cmdline, "$") {
 		b.Fatalf("unexpanded GRUB variable in %q", cmdline)
 	}
