@@ -81,18 +81,25 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return res, nil
 	}
 	var errs []error
-	if cfg.live() {
-		// by-label and by-partlabel links come from udev.
-		_ = run(ctx, "udevadm", "settle", "--timeout=15")
+	// Host keys take seconds (RSA above all, and under emulation more):
+	// they are made beside the other steps, which do not need them.
+	keys := make(chan error, 1)
+	go func() { keys <- hostKeys(ctx, &cfg) }()
+	collectKeys := func() {
+		if err := <-keys; err != nil {
+			errs = append(errs, err)
+			log.Error("ssh host keys", "err", err)
+		} else {
+			res.HostKeys = true
+			log.Info("ssh host keys generated")
+		}
 	}
-	if err := hostKeys(ctx, &cfg); err != nil {
-		errs = append(errs, err)
-		log.Error("ssh host keys", "err", err)
-	} else {
-		res.HostKeys = true
-		log.Info("ssh host keys generated")
-	}
 	if cfg.live() {
+		// The by-partlabel link comes from udev: wait for that one link,
+		// not for the whole event queue to settle.
+		if err := run(ctx, "udevadm", "wait", "--timeout=15", filepath.Join("/dev/disk/by-partlabel", osimage.LabelData)); err != nil {
+			_ = run(ctx, "udevadm", "settle", "--timeout=15")
+		}
 		dev, err := growData(ctx, log)
 		if err != nil {
 			errs = append(errs, err)
@@ -102,6 +109,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	src, err := applyPreseed(ctx, &cfg)
 	if err != nil {
+		<-keys
 		return res, fmt.Errorf("preseed: %w", err)
 	}
 	res.Preseed = src
@@ -118,6 +126,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			log.Info("network is up")
 		}
 	}
+	collectKeys()
 	stamp := cfg.path(osimage.FirstbootStamp)
 	if err := os.MkdirAll(filepath.Dir(stamp), 0o755); err != nil {
 		return res, err
