@@ -141,7 +141,9 @@ type registryServer struct {
 
 func startRegistry(t testing.TB) *registryServer {
 	t.Helper()
-	srv := httptest.NewServer(ggcr.New(ggcr.Logger(log.New(io.Discard, "", 0))))
+	// Blobs on disk: five releases of slot and disk images would hold
+	// gigabytes in the test's memory.
+	srv := httptest.NewServer(ggcr.New(ggcr.Logger(log.New(io.Discard, "", 0)), ggcr.WithBlobHandler(ggcr.NewDiskBlobHandler(t.TempDir()))))
 	t.Cleanup(srv.Close)
 	c, err := registry.New(registry.WithInsecureHTTP(true))
 	if err != nil {
