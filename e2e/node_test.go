@@ -113,7 +113,9 @@ func TestNodeLifecycle(t *testing.T) {
 	qs.planEmpty(ctx, "after the upgrade to v2")
 	quickstartDestroy(ctx, t, n, qs, qsPool)
 
-	// A plain reboot boots v2 again, not as a fallback.
+	// A plain reboot boots v2 again, not as a fallback; the first boot's
+	// work is not redone and the node keeps its identity.
+	hostKey := n.mustSSH(ctx, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
 	_, _ = n.ssh(ctx, "systemctl reboot")
 	if b := n.waitBoots(ctx, 3); b[2].Slot != "B" || b[2].Fallback {
 		t.Fatalf("plain reboot: GRUB booted %+v", b[2])
@@ -121,6 +123,16 @@ func TestNodeLifecycle(t *testing.T) {
 	n.waitSlots(ctx, "the plain reboot to be committed", func(st *v1.SlotStatus) bool {
 		return st.GetBootedSlot() == "B" && !slot(st, "B").GetTried() && !st.GetFallbackBoot()
 	})
+	n.waitSSH(ctx)
+	if out := n.mustSSH(ctx, "systemctl show -p ConditionResult --value debvisor-firstboot.service"); out != "no" {
+		t.Fatalf("firstboot ran again on a later boot (ConditionResult=%s)", out)
+	}
+	if k := n.mustSSH(ctx, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"); k != hostKey {
+		t.Fatalf("host key changed across reboots: %s -> %s", hostKey, k)
+	}
+	if out := n.mustSSH(ctx, "cat /etc/debvisor-e2e-marker"); out != "persisted" {
+		t.Fatalf("/etc change lost across the reboot: %q", out)
+	}
 
 	// v2 -> v3: v3 fails its health check, the node rolls back on its own.
 	n.upgrade(ctx, v3.Ref, v1.UpgradeRequest_MODE_REBOOT)
@@ -210,6 +222,12 @@ func checkFirstBoot(ctx context.Context, t *testing.T, n *node) {
 	}
 	if out, err := n.ssh(ctx, "touch /usr/debvisor-write-test"); err == nil {
 		t.Fatalf("writing under / succeeded: %s", out)
+	}
+	if out := n.mustSSH(ctx, "findmnt -n -o FSTYPE /etc"); out != "overlay" {
+		t.Fatalf("/etc is %s, want overlay", out)
+	}
+	if out := n.mustSSH(ctx, "cat /proc/cmdline"); !strings.Contains(out, "debvisor.slot=A") || !strings.Contains(out, "debvisor.fallback=0") {
+		t.Fatalf("GRUB did not boot slot A normally: %s", out)
 	}
 	n.mustSSH(ctx, "echo persisted > /etc/debvisor-e2e-marker")
 }

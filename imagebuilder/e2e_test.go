@@ -70,95 +70,10 @@ func dvctlStatus(t testing.TB, s seedFixture, port int) (map[string]any, error) 
 	return d.Status(context.Background(), fmt.Sprintf("127.0.0.1:%d", port))
 }
 
-// TestBootEndToEnd boots the default image under QEMU/OVMF from a larger
-// virtual disk with a seed volume, checks the first boot, reboots, and
-// checks that the second boot keeps /etc and does not rerun firstboot.
-func TestBootEndToEnd(t *testing.T) {
-	img := defaultImage(t)
-	seed := newSeed(t)
-	v := startVM(t, img.Raw, vmConfig{DiskSize: "6G", Seed: seed.seed, Network: true}, seed.sshKey)
-
-	v.waitConsole(bootTimeout, "debvisor: booting slot A")
-	v.waitSSH(bootTimeout)
-	state := v.mustSSH("systemctl is-system-running --wait || true")
-	t.Logf("system state after first boot: %s", state)
-	if out := v.mustSSH("systemctl is-active multi-user.target"); out != "active" {
-		t.Fatalf("multi-user.target: %s", out)
-	}
-	cmdline := v.mustSSH("cat /proc/cmdline")
-	if !strings.Contains(cmdline, "debvisor.slot=A") || !strings.Contains(cmdline, "debvisor.fallback=0") {
-		t.Fatalf("GRUB did not boot slot A normally: %s", cmdline)
-	}
-	// firstboot: host keys, stamp, preseed applied, data grown.
-	v.mustSSH("test -s /etc/ssh/ssh_host_ed25519_key && test -f /var/lib/debvisor/firstboot.done")
-	hostKey1 := v.mustSSH("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
-	if h := v.mustSSH("hostname"); h != "node1" {
-		t.Fatalf("preseed hostname not applied: %q", h)
-	}
-	diskBytes, _ := strconv.ParseInt(v.mustSSH("blockdev --getsize64 /dev/vda"), 10, 64)
-	dataBytes, _ := strconv.ParseInt(v.mustSSH("blockdev --getsize64 /dev/disk/by-partlabel/debvisor-data"), 10, 64)
-	fsBytes, _ := strconv.ParseInt(v.mustSSH("df -B1 --output=size /data | tail -1"), 10, 64)
-	t.Logf("disk %d, data partition %d, data fs %d bytes", diskBytes, dataBytes, fsBytes)
-	if diskBytes < 6<<30 || dataBytes < diskBytes-img.Manifest.Partitions[3].Start-(4<<20) || fsBytes < dataBytes*9/10 {
-		t.Fatalf("data partition was not grown to fill the disk: disk %d, partition %d, filesystem %d", diskBytes, dataBytes, fsBytes)
-	}
-	// Soft immutability: / is the slot's read-only squashfs, /etc an overlay.
-	if out := v.mustSSH("findmnt -n -o FSTYPE,OPTIONS /"); !strings.HasPrefix(out, "squashfs") || !strings.Contains(out, "ro") {
-		t.Fatalf("root mount: %s", out)
-	}
-	if out, err := v.ssh("touch /usr/debvisor-write-test"); err == nil {
-		t.Fatalf("writing under / succeeded: %s", out)
-	}
-	if out := v.mustSSH("findmnt -n -o FSTYPE /etc"); out != "overlay" {
-		t.Fatalf("/etc is %s, want overlay", out)
-	}
-	v.mustSSH("echo persisted > /etc/debvisor-e2e-marker")
-	// The agent answers over mTLS through the forwarded port.
-	var status map[string]any
-	waitFor(t, 2*time.Minute, "the agent to answer over mTLS", func() bool {
-		var err error
-		status, err = dvctlStatus(t, seed, v.apiPort)
-		if err != nil {
-			t.Log(err)
-		}
-		return err == nil
-	})
-	if status["bootedSlot"] != "A" && status["booted_slot"] != "A" {
-		t.Fatalf("agent reports booted slot %v, want A (status %v)", status["bootedSlot"], status)
-	}
-	// The version the spec declared, from the slot's release file (osimage.Release).
-	if status["osVersion"] != img.Manifest.Version && status["os_version"] != img.Manifest.Version {
-		t.Fatalf("agent reports OS version %v, want the image's %q (status %v)", status["osVersion"], img.Manifest.Version, status)
-	}
-	if out, err := v.ssh("/usr/local/sbin/validate-components.sh"); err != nil {
-		t.Logf("validate-components.sh on first boot: %v\n%s", err, out)
-	}
-
-	// Second boot.
-	v.ssh("systemctl reboot")
-	waitFor(t, 2*time.Minute, "the guest to go down", func() bool {
-		_, err := v.ssh("true")
-		return err != nil
-	})
-	v.waitSSH(bootTimeout)
-	v.mustSSH("systemctl is-system-running --wait || true")
-	if out := v.mustSSH("cat /etc/debvisor-e2e-marker"); out != "persisted" {
-		t.Fatalf("/etc change lost across reboot: %q", out)
-	}
-	if out := v.mustSSH("systemctl show -p ConditionResult --value debvisor-firstboot.service"); out != "no" {
-		t.Fatalf("firstboot ran again on the second boot (ConditionResult=%s)", out)
-	}
-	if k := v.mustSSH("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"); k != hostKey1 {
-		t.Fatalf("host key changed across reboot: %s -> %s", hostKey1, k)
-	}
-	if n := strings.Count(v.console(), "debvisor: booting slot"); n != 2 {
-		t.Fatalf("want 2 GRUB boots on the console, saw %d", n)
-	}
-	waitFor(t, 2*time.Minute, "the agent after reboot", func() bool {
-		_, err := dvctlStatus(t, seed, v.apiPort)
-		return err == nil
-	})
-}
+// The first boot, the second boot and an upgrade's boots of the default
+// image are e2e.TestNodeLifecycle's (one booted guest for everything that
+// only needs to look at it); this package boots only what that test does
+// not: no network device, and the legacy BIOS path.
 
 // TestBootWithoutNetworkStartsNetcfg boots with no network device at all:
 // firstboot must put the network console on tty1.

@@ -109,7 +109,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	src, err := applyPreseed(ctx, &cfg)
 	if err != nil {
-		<-keys
+		_ = <-keys // the preseed error is the one that matters
 		return res, fmt.Errorf("preseed: %w", err)
 	}
 	res.Preseed = src
