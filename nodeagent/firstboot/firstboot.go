@@ -109,7 +109,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	src, err := applyPreseed(ctx, &cfg)
 	if err != nil {
-		_ = <-keys // the preseed error is the one that matters
+		if kerr := <-keys; kerr != nil {
+			log.Error("ssh host keys", "err", kerr)
+		}
 		return res, fmt.Errorf("preseed: %w", err)
 	}
 	res.Preseed = src
