@@ -43,7 +43,9 @@ type routeState struct {
 	Metric int    `json:"metric,omitempty"`
 }
 
-func (r routeState) key() string { return r.Dst + "|" + r.Gw + "|" + r.Dev + "|" + strconv.Itoa(r.Metric) }
+func (r routeState) key() string {
+	return r.Dst + "|" + r.Gw + "|" + r.Dev + "|" + strconv.Itoa(r.Metric)
+}
 
 func (r routeState) String() string {
 	s := r.Dst

@@ -418,8 +418,10 @@ func (m *Manager) persist(ctx context.Context, c *v1.NetworkConfig, files map[st
 	}
 	m.desired = proto.CloneOf(c)
 	if m.cfg.Reload != nil {
+		// The live state is netlink's job; networkd catching up late
+		// (or not running) costs DHCP and DNS until it does, not the change.
 		if err := m.cfg.Reload(ctx); err != nil {
-			return fmt.Errorf("reload networkd: %w", err)
+			m.log.Warn("networkd did not reload; the files take effect at its next start", "err", err)
 		}
 	}
 	return nil

@@ -206,7 +206,9 @@ func plan(cur liveState, t target) []step {
 			}
 		}
 	}
-	exists := func(n string) bool { return (cur.links[n].Exists && !gone[n]) || slices.ContainsFunc(create, func(l *linkTarget) bool { return l.name == n }) }
+	exists := func(n string) bool {
+		return (cur.links[n].Exists && !gone[n]) || slices.ContainsFunc(create, func(l *linkTarget) bool { return l.name == n })
+	}
 	// Routes first: those through links that go away vanish on their own.
 	want := map[string]bool{}
 	for _, r := range t.routes {
@@ -308,7 +310,9 @@ func plan(cur liveState, t target) []step {
 
 func virtual(kind string) bool { return kind == kindBond || kind == kindBridge || kind == kindVLAN }
 
-func fresh(n string, cur liveState, gone map[string]bool) bool { return !cur.links[n].Exists || gone[n] }
+func fresh(n string, cur liveState, gone map[string]bool) bool {
+	return !cur.links[n].Exists || gone[n]
+}
 
 func differs(l *linkTarget, c linkState) bool {
 	switch {
