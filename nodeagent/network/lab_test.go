@@ -32,7 +32,7 @@ type lab struct {
 	state string
 }
 
-func newLab(t *testing.T) *lab {
+func newLab(t testing.TB) *lab {
 	t.Helper()
 	l := &lab{a: netns.Add(t, "neta"), b: netns.Add(t, "netb"), dir: t.TempDir(), state: t.TempDir()}
 	for _, p := range [][2]string{{"va", "vb"}, {"vc", "vd"}, {"ve", "vh"}} {

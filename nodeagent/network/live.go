@@ -149,7 +149,7 @@ func staticAddr(a netlink.Addr) bool {
 	if !ok || a.Flags&unix.IFA_F_PERMANENT == 0 {
 		return false
 	}
-	return !(p.Addr().Is6() && p.Addr().IsLinkLocalUnicast())
+	return !p.Addr().Is6() || !p.Addr().IsLinkLocalUnicast()
 }
 
 // readLive reads every link, its static addresses and the static routes.

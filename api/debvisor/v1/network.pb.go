@@ -867,7 +867,7 @@ type ApplyNetworkRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Config *NetworkConfig         `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
 	// How long the change waits for ConfirmNetwork before it is reverted;
-	// unset uses the node's default (60 s). 5 s to 1 h.
+	// unset uses the node's default (60 s). 1 s to 1 h.
 	ConfirmTimeout *durationpb.Duration `protobuf:"bytes,2,opt,name=confirm_timeout,json=confirmTimeout,proto3" json:"confirm_timeout,omitempty"`
 	// Validate and plan only; change nothing.
 	DryRun bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
