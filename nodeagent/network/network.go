@@ -292,6 +292,9 @@ func (m *Manager) Apply(ctx context.Context, r Request) (*v1.NetworkChange, erro
 	if timeout < MinDeadline || timeout > MaxDeadline {
 		return nil, fault.Invalidf("confirm_timeout", "%s is not between %s and %s", timeout, MinDeadline, MaxDeadline)
 	}
+	// Once started, a change runs to its end whatever happens to the
+	// caller's connection: half a change is worse than either state.
+	ctx = context.WithoutCancel(ctx)
 	next := r.Config
 	if next == nil {
 		next = &v1.NetworkConfig{}

