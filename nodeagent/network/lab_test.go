@@ -40,6 +40,7 @@ func newLab(t testing.TB) *lab {
 		l.b.MustIP(t, "link", "set", p[1], "up")
 	}
 	l.b.MustIP(t, "addr", "add", "10.99.0.2/24", "dev", "vb")
+	l.b.MustIP(t, "addr", "add", "fd00:99::2/64", "dev", "vb", "nodad")
 	l.b.MustIP(t, "addr", "add", "10.98.0.1/32", "dev", "lo")
 	l.b.MustIP(t, "route", "add", "10.97.0.0/24", "via", "10.99.0.1")
 	l.a.MustIP(t, "link", "add", "br9", "type", "bridge")
@@ -108,9 +109,20 @@ func (l *lab) reach(t testing.TB, addr string) error {
 			c.Close()
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	c, err := l.a.DialContext(ctx, "tcp", ln.Addr().String())
+	// A link just brought up drops what it sends until the kernel's link
+	// watch activates it (up to a second), so the first ARP or SYN may be
+	// lost: dial again until a few seconds have passed.
+	var c net.Conn
+	var err error
+	for end := time.Now().Add(6 * time.Second); time.Now().Before(end); {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c, err = l.a.DialContext(ctx, "tcp", ln.Addr().String())
+		cancel()
+		if err == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if err != nil {
 		return err
 	}

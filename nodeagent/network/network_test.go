@@ -2,7 +2,9 @@ package network
 
 import (
 	"context"
+	"embed"
 	"flag"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,8 +25,11 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 func bridgeConfig() *v1.NetworkConfig {
 	return &v1.NetworkConfig{
 		Bridges:    []*v1.Bridge{{Name: "br0", Ports: []string{"va"}}},
-		Interfaces: []*v1.InterfaceConfig{{Name: "br0", Addresses: []string{"10.99.0.1/24"}}},
-		Routes:     []*v1.Route{{Destination: "10.98.0.0/24", Gateway: "10.99.0.2", Interface: "br0", Metric: 50}},
+		Interfaces: []*v1.InterfaceConfig{{Name: "br0", Addresses: []string{"10.99.0.1/24", "fd00:99::1/64"}}},
+		Routes: []*v1.Route{
+			{Destination: "10.98.0.0/24", Gateway: "10.99.0.2", Interface: "br0", Metric: 50},
+			{Destination: "fd00:98::/64", Gateway: "fd00:99::2", Interface: "br0"},
+		},
 		DnsServers: []string{"10.99.0.53", "2001:db8::53"},
 	}
 }
@@ -46,19 +51,15 @@ func TestApplyBridgeConfirmed(t *testing.T) {
 	t.Logf("plan:\n  %s", strings.Join(ch.GetPlan(), "\n  "))
 	st := l.live(t)
 	br := st.links["br0"]
-	if br.Kind != "bridge" || !br.Up || !slices.Equal(br.Addrs, []string{"10.99.0.1/24"}) {
+	if br.Kind != "bridge" || !br.Up || !slices.Equal(br.Addrs, []string{"10.99.0.1/24", "fd00:99::1/64"}) {
 		t.Errorf("br0 = %+v", br)
 	}
 	if st.links["va"].Master != "br0" || !st.links["va"].Up {
 		t.Errorf("va = %+v, want a port of br0, up", st.links["va"])
 	}
-	if !slices.Contains(st.routes, routeState{Dst: "10.98.0.0/24", Gw: "10.99.0.2", Dev: "br0", Metric: 50}) {
-		t.Errorf("route missing: %v", st.routes)
-	}
-	// Traffic flows over the bridge, and through the route.
-	for _, addr := range []string{"10.99.0.2", "10.98.0.1"} {
-		if err := l.reach(t, addr); err != nil {
-			t.Errorf("reach %s from a: %v", addr, err)
+	for _, r := range []routeState{{Dst: "10.98.0.0/24", Gw: "10.99.0.2", Dev: "br0", Metric: 50}, {Dst: "fd00:98::/64", Gw: "fd00:99::2", Dev: "br0", Metric: 1024}} {
+		if !slices.Contains(st.routes, r) {
+			t.Errorf("route %s missing: %v", r, st.routes)
 		}
 	}
 	compareGolden(t, "bridge", l.files(t))
@@ -76,10 +77,17 @@ func TestApplyBridgeConfirmed(t *testing.T) {
 		}
 	}
 
+	confirmedAt := time.Now()
 	if _, err := m.Confirm(ctx, ch.GetId(), "test"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2500 * time.Millisecond) // past the deadline: nothing may revert
+	// Traffic flows over the bridge, and through the route.
+	for _, addr := range []string{"10.99.0.2", "10.98.0.1"} {
+		if err := l.reach(t, addr); err != nil {
+			t.Errorf("reach %s from a: %v", addr, err)
+		}
+	}
+	time.Sleep(time.Until(confirmedAt.Add(2500 * time.Millisecond))) // past the deadline: nothing may revert
 	if st2 := l.live(t); st2.links["br0"].Kind != "bridge" || st2.links["va"].Master != "br0" {
 		t.Errorf("confirmed change was undone: %+v", st2.links)
 	}
@@ -287,8 +295,9 @@ func TestDryRunChangesNothing(t *testing.T) {
 	}
 	want := []string{
 		"write 10-debvisor-br0.netdev", "write 10-debvisor-br0.network", "write 10-debvisor-va.network",
-		"create bridge br0", "enslave va to br0", "add address 10.99.0.1/24 to br0", "bring br0 up", "bring va up",
-		"add route 10.98.0.0/24 via 10.99.0.2 dev br0 metric 50",
+		"create bridge br0", "enslave va to br0", "add address 10.99.0.1/24 to br0", "add address fd00:99::1/64 to br0",
+		"bring br0 up", "bring va up",
+		"add route 10.98.0.0/24 via 10.99.0.2 dev br0 metric 50", "add route fd00:98::/64 via fd00:99::2 dev br0 metric 1024",
 	}
 	if ch.GetState() != v1.NetworkChange_STATE_PLANNED || !slices.Equal(ch.GetPlan(), want) || !ch.GetTouchesManagement() {
 		t.Errorf("dry run = %v\nplan %q\nwant %q", ch, ch.GetPlan(), want)
@@ -320,7 +329,11 @@ func TestRenderGolden(t *testing.T) {
 	compareGolden(t, "full", render(cfg))
 }
 
-// compareGolden compares files with testdata/<name>/ (-update rewrites it).
+//go:embed testdata
+var golden embed.FS
+
+// compareGolden compares files with testdata/<name>/ (-update rewrites it,
+// for the next build to embed).
 func compareGolden(t *testing.T, name string, files map[string][]byte) {
 	t.Helper()
 	dir := filepath.Join("testdata", name)
@@ -331,10 +344,17 @@ func compareGolden(t *testing.T, name string, files map[string][]byte) {
 		if err := writeFiles(dir, files); err != nil {
 			t.Fatal(err)
 		}
+		return
 	}
-	want, err := readFiles(dir)
+	ents, err := fs.ReadDir(golden, dir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	want := map[string][]byte{}
+	for _, e := range ents {
+		if want[e.Name()], err = fs.ReadFile(golden, dir+"/"+e.Name()); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if !slices.Equal(keys(files), keys(want)) {
 		t.Fatalf("files %v, golden %v", keys(files), keys(want))
