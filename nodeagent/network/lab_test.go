@@ -97,6 +97,12 @@ func (l *lab) files(t testing.TB) map[string][]byte {
 // the link, the addresses and (for 10.98.0.1) the route carry traffic.
 func (l *lab) reach(t testing.TB, addr string) error {
 	t.Helper()
+	return l.reachWithin(t, addr, 6*time.Second)
+}
+
+// reachWithin is reach, giving up after total.
+func (l *lab) reachWithin(t testing.TB, addr string, total time.Duration) error {
+	t.Helper()
 	var ln net.Listener
 	if err := l.b.Do(func() (err error) { ln, err = net.Listen("tcp", addr+":0"); return err }); err != nil {
 		t.Fatal(err)
@@ -114,8 +120,8 @@ func (l *lab) reach(t testing.TB, addr string) error {
 	// lost: dial again until a few seconds have passed.
 	var c net.Conn
 	var err error
-	for end := time.Now().Add(6 * time.Second); time.Now().Before(end); {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	for end := time.Now().Add(total); time.Now().Before(end); {
+		ctx, cancel := context.WithTimeout(context.Background(), min(2*time.Second, total))
 		c, err = l.a.DialContext(ctx, "tcp", ln.Addr().String())
 		cancel()
 		if err == nil {

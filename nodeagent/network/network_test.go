@@ -167,6 +167,35 @@ func TestUnconfirmedChangeReverts(t *testing.T) {
 	}
 }
 
+// TestCutOffHealsItself: a change that takes the address the peer uses
+// away from the management link cuts the peer off; nobody can confirm it,
+// and the node is reachable again once the deadline passes.
+func TestCutOffHealsItself(t *testing.T) {
+	l := newLab(t)
+	l.a.MustIP(t, "addr", "add", "10.99.0.1/24", "dev", "va")
+	l.a.MustIP(t, "link", "set", "va", "up")
+	m := l.manager(t)
+	if err := l.reach(t, "10.99.0.2"); err != nil {
+		t.Fatalf("before: %v", err)
+	}
+	const deadline = 3 * time.Second
+	changed := m.Changed()
+	mistake := &v1.NetworkConfig{
+		Bridges:    []*v1.Bridge{{Name: "br0", Ports: []string{"va"}}},
+		Interfaces: []*v1.InterfaceConfig{{Name: "br0", Addresses: []string{"10.55.0.1/24"}}},
+	}
+	if _, err := m.Apply(context.Background(), Request{Config: mistake, Timeout: deadline}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.reachWithin(t, "10.99.0.2", 500*time.Millisecond); err == nil {
+		t.Fatal("the peer is still reachable: the change did not cut it off")
+	}
+	waitResolved(t, m, changed, deadline+3*time.Second)
+	if err := l.reach(t, "10.99.0.2"); err != nil {
+		t.Errorf("after the deadline: %v", err)
+	}
+}
+
 func TestExplicitRevert(t *testing.T) {
 	l := newLab(t)
 	m := l.manager(t)
