@@ -96,6 +96,7 @@ member through that one endpoint.`,
 		newVMCmd(g), newPoolCmd(g), newVolumeCmd(g),
 		newClusterCmd(g),
 		newUpgradeCmd(g), newSlotsCmd(g), newRollbackCmd(g), newCommitCmd(g), newEmergencyCmd(g),
+		newNetworkCmd(g),
 	)
 	return root
 }

@@ -96,6 +96,8 @@ func TestDependencyRules(t *testing.T) {
 			"the image builder shares only osimage/ and the boot packages with the agent"},
 		{"./nodeagent/...", only(append([]string{"nodeagent", "osimage", "boot", "api/", "templates"}, leaves...)...),
 			"the agent shares only osimage/ and the boot packages with the image builder"},
+		{"./nodeagent/network", only("nodeagent/network", "nodeagent/fault", "api/"),
+			"host networking is a domain package: it knows the API types, the rules and the fault kinds; the server and the agent call it, never the other way round"},
 		{"./templates/...", only("templates"),
 			"templates are embedded files"},
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/debvisor/debvisor/nodeagent/config"
 	"github.com/debvisor/debvisor/nodeagent/health"
 	"github.com/debvisor/debvisor/nodeagent/libvirtconn"
+	"github.com/debvisor/debvisor/nodeagent/network"
 	"github.com/debvisor/debvisor/nodeagent/operation"
 	"github.com/debvisor/debvisor/nodeagent/server"
 	"github.com/debvisor/debvisor/nodeagent/storage"
@@ -61,6 +62,7 @@ type Agent struct {
 	Storage    *storage.Manager // nil without libvirt
 	VMs        *vm.Manager      // nil without libvirt
 	Upgrade    *upgrade.Manager // nil when not booted from a DebVisor slot
+	Network    *network.Manager // nil off a DebVisor node or with network.enabled false
 	Background []Background
 
 	log     *slog.Logger
@@ -122,7 +124,14 @@ func New(cfg config.Config, o Options) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if onNode && cfg.Network.Enabled {
+		if a.Network, err = newNetwork(cfg, log.With("component", "network")); err != nil {
+			a.Close()
+			return nil, err
+		}
+	}
 	if err := srv.Register(
+		server.NewNetworkService(a.Network),
 		server.NewStorageService(a.Storage, a.Ops),
 		server.NewVMService(a.VMs, a.Ops),
 		server.NewClusterService(cl, nil),
@@ -158,6 +167,11 @@ func New(cfg config.Config, o Options) (*Agent, error) {
 			<-ctx.Done()
 			return nil
 		}})
+	}
+	if a.Network != nil {
+		// Reverts unconfirmed network changes at their deadline, also one
+		// left pending by the previous run.
+		a.Background = append(a.Background, Background{Name: "network deadlines", Run: a.Network.Run})
 	}
 	if cl != nil {
 		a.Background = append(a.Background, Background{Name: "cluster gossip", Run: func(ctx context.Context) error {
@@ -267,10 +281,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// Close releases what New opened (the libvirt connection).
+// Close releases what New opened (the libvirt connection, the netlink
+// handle; a pending network change stays on disk for the next start).
 func (a *Agent) Close() {
 	if a.libvirt != nil {
 		_ = a.libvirt.Close()
+	}
+	if a.Network != nil {
+		a.Network.Close()
 	}
 }
 

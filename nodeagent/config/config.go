@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/debvisor/debvisor/api/rules"
 	"github.com/debvisor/debvisor/internal/yamlstrict"
 	"github.com/debvisor/debvisor/osimage"
 )
@@ -57,6 +58,39 @@ type Config struct {
 	// Upgrade is the A/B OS upgrade: where the slots and the boot
 	// environment are, which keys sign releases, how to reach registries.
 	Upgrade Upgrade `yaml:"upgrade"`
+
+	// Network is host networking: where the systemd-networkd files go,
+	// the management interface, the default confirm deadline.
+	Network Network `yaml:"network"`
+}
+
+// Network configures the agent's NetworkService. It applies only on a
+// DebVisor node; elsewhere the network API says the agent does not manage
+// the host's network.
+type Network struct {
+	// Enabled lets the agent own the node's networking through the API.
+	Enabled bool `yaml:"enabled"`
+	// NetworkdDir receives the systemd-networkd .netdev/.network files (the
+	// /etc overlay, so they survive reboots and upgrades).
+	NetworkdDir string `yaml:"networkd_dir"`
+	// ManagementInterface is the link the node is managed through; a
+	// change touching it must be confirmed. Empty: the interface of the
+	// default route when the agent starts.
+	ManagementInterface string `yaml:"management_interface"`
+	// ConfirmDeadline is how long a change waits for its confirmation by
+	// default before it is reverted ("60s"; 1s to 1h).
+	ConfirmDeadline string `yaml:"confirm_deadline"`
+	// ReloadNetworkd runs `networkctl reload` after the files change, so
+	// networkd (DHCP clients, DNS) follows at once and not only at boot.
+	ReloadNetworkd bool `yaml:"reload_networkd"`
+	// ResolvConf is read for the live DNS servers.
+	ResolvConf string `yaml:"resolv_conf"`
+}
+
+// Deadline returns ConfirmDeadline as a duration (Validate checked it).
+func (n Network) Deadline() time.Duration {
+	d, _ := time.ParseDuration(n.ConfirmDeadline)
+	return d
 }
 
 // Upgrade configures A/B upgrades. It applies only on a DebVisor node
@@ -184,6 +218,10 @@ func Default() Config {
 		Libvirt: Libvirt{Socket: "/var/run/libvirt/libvirt-sock", URI: "qemu:///system", SeedDir: "/var/lib/libvirt/debvisor-seeds"},
 		Cluster: Cluster{Enabled: true, Bind: "0.0.0.0:7946", MDNS: true, EnrollFile: osimage.ClusterEnrollPath},
 		Storage: Storage{PoolRoots: []string{DefaultPoolRoot}},
+		Network: Network{
+			Enabled: true, NetworkdDir: "/etc/systemd/network", ConfirmDeadline: "60s",
+			ReloadNetworkd: true, ResolvConf: "/etc/resolv.conf",
+		},
 		Upgrade: Upgrade{
 			ESP: "/boot/efi", SlotA: "/dev/disk/by-partlabel/debvisor-a", SlotB: "/dev/disk/by-partlabel/debvisor-b",
 			TrustedKeys: []string{"/etc/debvisor/keys/*.pub"}, CommitDeadline: "5m",
@@ -295,6 +333,7 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %q must be an absolute path", field, v))
 		}
 	}
+	errs = append(errs, c.Network.validate()...)
 	if c.Storage.DefaultPool != "" && len(c.Storage.PoolRoots) == 0 {
 		errs = append(errs, errors.New("storage.default_pool: needs a pool root (storage.pool_roots) to live in"))
 	}
@@ -360,6 +399,25 @@ func (c Cluster) validate() []error {
 	}
 	if c.EnrollFile != "" && !filepath.IsAbs(c.EnrollFile) {
 		errs = append(errs, fmt.Errorf("cluster.enroll_file: %q must be an absolute path", c.EnrollFile))
+	}
+	return errs
+}
+
+func (n Network) validate() []error {
+	var errs []error
+	if !filepath.IsAbs(n.NetworkdDir) {
+		errs = append(errs, fmt.Errorf("network.networkd_dir: %q must be an absolute path", n.NetworkdDir))
+	}
+	if n.ResolvConf != "" && !filepath.IsAbs(n.ResolvConf) {
+		errs = append(errs, fmt.Errorf("network.resolv_conf: %q must be an absolute path", n.ResolvConf))
+	}
+	if n.ManagementInterface != "" {
+		if err := rules.CheckInterfaceName(n.ManagementInterface); err != nil {
+			errs = append(errs, fmt.Errorf("network.management_interface: %w", err))
+		}
+	}
+	if d, err := time.ParseDuration(n.ConfirmDeadline); err != nil || d < time.Second || d > time.Hour {
+		errs = append(errs, fmt.Errorf("network.confirm_deadline: %q is not a duration between 1s and 1h", n.ConfirmDeadline))
 	}
 	return errs
 }

@@ -64,6 +64,20 @@ func TestParse(t *testing.T) {
 		{name: "cluster join without host", in: "cluster:\n  join: [\":7443\"]\n", wantErr: "cluster.join[0]: \":7443\" has no host"},
 		{name: "cluster relative enroll file", in: "cluster:\n  enroll_file: enroll.yaml\n", wantErr: "cluster.enroll_file:"},
 		{name: "cluster unknown key", in: "cluster:\n  gossip: x\n", wantErr: "unknown field \"gossip\""},
+		{name: "network defaults", in: "", check: func(t *testing.T, c Config) {
+			n := c.Network
+			if !n.Enabled || n.NetworkdDir != "/etc/systemd/network" || n.Deadline() != 60*time.Second || n.ManagementInterface != "" {
+				t.Errorf("network defaults: %+v", n)
+			}
+		}},
+		{name: "network section", in: "network:\n  management_interface: enp1s0\n  confirm_deadline: 2m\n  networkd_dir: /run/nd\n", check: func(t *testing.T, c Config) {
+			if c.Network.ManagementInterface != "enp1s0" || c.Network.Deadline() != 2*time.Minute || c.Network.NetworkdDir != "/run/nd" {
+				t.Errorf("network: %+v", c.Network)
+			}
+		}},
+		{name: "network deadline too long", in: "network:\n  confirm_deadline: 2h\n", wantErr: "network.confirm_deadline: \"2h\" is not a duration between 1s and 1h"},
+		{name: "network relative dir", in: "network:\n  networkd_dir: nd\n", wantErr: "network.networkd_dir:"},
+		{name: "network bad management name", in: "network:\n  management_interface: a/b\n", wantErr: "network.management_interface:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -71,6 +71,12 @@ var methodRoles = map[string]pki.Role{
 	v1.UpgradeService_Rollback_FullMethodName: pki.RoleAdmin,
 	v1.UpgradeService_Commit_FullMethodName:   pki.RoleAdmin,
 
+	// Host networking can cut the node off: changing it is the admin's.
+	v1.NetworkService_GetNetwork_FullMethodName:     pki.RoleReader,
+	v1.NetworkService_ApplyNetwork_FullMethodName:   pki.RoleAdmin,
+	v1.NetworkService_ConfirmNetwork_FullMethodName: pki.RoleAdmin,
+	v1.NetworkService_RevertNetwork_FullMethodName:  pki.RoleAdmin,
+
 	healthpb.Health_Check_FullMethodName: pki.RoleReader,
 	healthpb.Health_Watch_FullMethodName: pki.RoleReader,
 	healthpb.Health_List_FullMethodName:  pki.RoleReader,

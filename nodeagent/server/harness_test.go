@@ -17,6 +17,7 @@ import (
 	"github.com/debvisor/debvisor/internal/pki"
 	"github.com/debvisor/debvisor/nodeagent/config"
 	"github.com/debvisor/debvisor/nodeagent/health"
+	"github.com/debvisor/debvisor/nodeagent/network"
 	"github.com/debvisor/debvisor/nodeagent/operation"
 	"github.com/debvisor/debvisor/nodeagent/sysinfo"
 )
@@ -87,6 +88,13 @@ type testAgent struct {
 
 func startAgent(t testing.TB, mods ...func(*Deps)) *testAgent {
 	t.Helper()
+	return startAgentWithNetwork(t, nil, mods...)
+}
+
+// startAgentWithNetwork is startAgent with a NetworkService on net (nil:
+// the agent does not manage the host's network).
+func startAgentWithNetwork(t testing.TB, net *network.Manager, mods ...func(*Deps)) *testAgent {
+	t.Helper()
 	p := newTestPKI(t)
 	state := t.TempDir()
 	sockDir, err := os.MkdirTemp("", "dvsock") // short path: unix sockets are limited to 108 bytes
@@ -111,7 +119,7 @@ func startAgent(t testing.TB, mods ...func(*Deps)) *testAgent {
 	must(t, err)
 	// No libvirt here: the VM and storage services answer FailedPrecondition.
 	// Not in a cluster either: the cluster service answers FailedPrecondition.
-	must(t, srv.Register(NewStorageService(nil, deps.Ops), NewVMService(nil, deps.Ops), NewUpgradeService(nil, deps.Ops), NewClusterService(nil, nil)))
+	must(t, srv.Register(NewStorageService(nil, deps.Ops), NewVMService(nil, deps.Ops), NewUpgradeService(nil, deps.Ops), NewClusterService(nil, nil), NewNetworkService(net)))
 	must(t, DefaultChecks(srv))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
