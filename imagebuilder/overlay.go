@@ -191,7 +191,14 @@ func (b *builder) baseOverlay(ctx context.Context, tree string, layer map[string
 		if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-		if err := os.Symlink("/"+layerDir+"/"+p, dst); err != nil {
+		// Relative, so the link resolves on the node and in a slot
+		// extracted or mounted elsewhere (systemd-analyze --root, chroot,
+		// inspect) alike.
+		rel, err := filepath.Rel(filepath.Dir("/"+p), "/"+layerDir+"/"+p)
+		if err != nil {
+			return err
+		}
+		if err := os.Symlink(rel, dst); err != nil {
 			return fmt.Errorf("link %s into the layer: %w", p, err)
 		}
 	}

@@ -33,7 +33,9 @@ type slotInfo struct {
 const BaseEpoch = 1700000000
 
 // baseFormat changes whenever the way a base is made changes.
-const baseFormat = "debvisor-base-v1"
+// v2: the links into the layer are relative (they resolve inside an
+// extracted or mounted slot, too).
+const baseFormat = "debvisor-base-v2"
 
 // keepBases is how many cached bases the cache keeps (newest first).
 const keepBases = 3

@@ -116,5 +116,16 @@ func (s *state) update(fn func(map[osimage.Slot]slotRecord)) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), s.file)
+	if err := os.Rename(tmp.Name(), s.file); err != nil {
+		return err
+	}
+	// The rename is durable only once the directory is: without this a
+	// power cut right after (the test that found it cut during the slot
+	// write) brought back the record from before the write began.
+	d, err := os.Open(filepath.Dir(s.file))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
