@@ -46,6 +46,7 @@ upgrade:
 // v2 → v5 by changing a debvisor_node's image in OpenTofu, and finally
 // inspects the disk that lived all this.
 func TestNodeLifecycle(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	reg := startRegistry(t)
 	v1img := build(ctx, t, "0.1.0", "")

@@ -119,6 +119,9 @@ func (c *cutNode) damageEnv(ctx context.Context, name string, data []byte) {
 // truth. Then one copy of the environment is zeroed, then half-written:
 // the old slot still boots and the copy is repaired.
 func TestPowerCuts(t *testing.T) {
+	// Beside TestNodeLifecycle: both spend most of their time waiting on
+	// an emulated guest.
+	t.Parallel()
 	requireTools(t, "qemu-io", "qemu-img")
 	ctx := context.Background()
 	reg := startRegistry(t)
@@ -219,7 +222,7 @@ func TestPowerCuts(t *testing.T) {
 		}
 
 		// GRUB's choice on the serial console, without a full boot;
-		// every third cut boots all the way and asks the agent.
+		// every fifth cut boots all the way and asks the agent.
 		n = c.start(ctx, "")
 		boots := n.waitBoots(ctx, 1)
 		if boots[0].Slot != string(next.Slot) {
@@ -227,7 +230,7 @@ func TestPowerCuts(t *testing.T) {
 		}
 		t.Logf("cut %d: killed in phase %q (%d/%d bytes); GRUB boots %s; env repair primary=%v backup=%v",
 			i, last.GetPhase(), last.GetDone(), last.GetTotal(), boots[0].Slot, copies.RepairPrimary, copies.RepairBackup)
-		if i%3 == 0 {
+		if i%5 == 0 {
 			n.waitAgent(ctx)
 			st := n.waitSlots(ctx, "the boot after the cut to be committed", func(st *v1.SlotStatus) bool {
 				return st.GetBootedSlot() == boots[0].Slot && !slot(st, boots[0].Slot).GetTried()
