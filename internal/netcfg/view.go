@@ -110,7 +110,7 @@ func (m *model) reviewView() []string {
 		if m.o.ConfirmTimeout > 0 {
 			timeout = m.o.ConfirmTimeout.String()
 		}
-		out = append(out, "✓ Valid. Enter applies it; unless confirmed within "+timeout+" it reverts.")
+		out = append(out, "✓ Valid. Enter applies it; it reverts unless confirmed within "+timeout+".")
 		if m.plan.GetTouchesManagement() {
 			out = append(out, "  It touches the management interface.")
 		}
