@@ -97,6 +97,7 @@ member through that one endpoint.`,
 		newClusterCmd(g),
 		newUpgradeCmd(g), newSlotsCmd(g), newRollbackCmd(g), newCommitCmd(g), newEmergencyCmd(g),
 		newNetworkCmd(g),
+		newNetcfgCmd(g),
 	)
 	return root
 }

@@ -65,8 +65,10 @@ func only(prefixes ...string) func(string) bool {
 }
 
 // Leaf utilities under internal/ that any layer may use. The test harness
-// (testenv/) is deliberately not among them: it imports the agent.
-var leaves = []string{"internal/buildinfo", "internal/yamlstrict", "internal/pki"}
+// (testenv/) is deliberately not among them: it imports the agent. The
+// console network screen (internal/netcfg) is one because both the agent
+// (on the node's console) and dvctl run it.
+var leaves = []string{"internal/buildinfo", "internal/yamlstrict", "internal/pki", "internal/netcfg"}
 
 func TestDependencyRules(t *testing.T) {
 	rules := []struct {
@@ -98,6 +100,8 @@ func TestDependencyRules(t *testing.T) {
 			"the agent shares only osimage/ and the boot packages with the image builder"},
 		{"./nodeagent/network", only("nodeagent/network", "nodeagent/fault", "api/"),
 			"host networking is a domain package: it knows the API types, the rules and the fault kinds; the server and the agent call it, never the other way round"},
+		{"./internal/netcfg", only("internal/netcfg", "api/"),
+			"the console network screen knows only the API: it drives NetworkService, whether over gRPC or in the agent's process"},
 		{"./templates/...", only("templates"),
 			"templates are embedded files"},
 	}

@@ -125,7 +125,7 @@ func New(cfg config.Config, o Options) (*Agent, error) {
 		}
 	}
 	if onNode && cfg.Network.Enabled {
-		if a.Network, err = newNetwork(cfg, log.With("component", "network")); err != nil {
+		if a.Network, err = NewNetwork(cfg, log.With("component", "network")); err != nil {
 			a.Close()
 			return nil, err
 		}

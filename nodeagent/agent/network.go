@@ -12,10 +12,11 @@ import (
 	"github.com/debvisor/debvisor/nodeagent/network"
 )
 
-// newNetwork builds the host network manager for the agent's own
+// NewNetwork builds the host network manager for the agent's own
 // namespace. The management interface is the configured one, else the
-// link of the default route as the agent starts.
-func newNetwork(cfg config.Config, log *slog.Logger) (*network.Manager, error) {
+// link of the default route as the agent starts. The console
+// (debvisor-agent netcfg) builds one too when no agent serves the socket.
+func NewNetwork(cfg config.Config, log *slog.Logger) (*network.Manager, error) {
 	mgmt := cfg.Network.ManagementInterface
 	if mgmt == "" {
 		var err error
@@ -36,7 +37,7 @@ func newNetwork(cfg config.Config, log *slog.Logger) (*network.Manager, error) {
 	m, err := network.New(network.Config{
 		NetworkdDir: cfg.Network.NetworkdDir, StateDir: filepath.Join(cfg.StateDir, "network"),
 		Management: mgmt, Deadline: cfg.Network.Deadline(), ResolvConf: cfg.Network.ResolvConf,
-		Reload: reload, Log: log,
+		Reload: reload, Log: log, FilesOnly: cfg.Network.FilesOnly,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("network: %w", err)

@@ -18,6 +18,7 @@ import (
 
 // Env is what every subcommand gets from main: streams and a logger factory.
 type Env struct {
+	Stdin          io.Reader // os.Stdin when nil
 	Stdout, Stderr io.Writer
 }
 
@@ -46,7 +47,7 @@ func NewRoot(env *Env) *cobra.Command {
 
 // Main runs the command line and returns the process exit code.
 func Main(ctx context.Context, args []string) int {
-	env := &Env{Stdout: os.Stdout, Stderr: os.Stderr}
+	env := &Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
 	root := NewRoot(env)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {

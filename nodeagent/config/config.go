@@ -85,6 +85,11 @@ type Network struct {
 	ReloadNetworkd bool `yaml:"reload_networkd"`
 	// ResolvConf is read for the live DNS servers.
 	ResolvConf string `yaml:"resolv_conf"`
+	// FilesOnly persists changes as networkd files and confirms or
+	// reverts them, but never changes the live links: for a kernel that
+	// cannot create bonds or VLANs (the console's test on a development
+	// host); the files take effect when networkd next starts.
+	FilesOnly bool `yaml:"files_only"`
 }
 
 // Deadline returns ConfirmDeadline as a duration (Validate checked it).

@@ -71,6 +71,12 @@ type Config struct {
 	Log    *slog.Logger
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// FilesOnly validates, plans, records and persists changes (networkd
+	// files, desired configuration, pending record, confirm or revert) but
+	// never runs the netlink steps. It is for kernels that cannot create
+	// what a change asks for (a test host without bonding or 802.1Q); the
+	// files take effect when networkd next starts.
+	FilesOnly bool
 }
 
 // Request is one ApplyNetwork.
@@ -352,7 +358,7 @@ func (m *Manager) Apply(ctx context.Context, r Request) (*v1.NetworkChange, erro
 	m.pending = p
 	m.log.Info("applying network change", "id", p.ID, "deadline", p.Deadline, "steps", len(steps), "by", r.RequestedBy)
 	applyErr := m.persist(ctx, next, files)
-	if applyErr == nil {
+	if applyErr == nil && !m.cfg.FilesOnly {
 		applyErr = run(m.h, steps, false)
 	}
 	if applyErr != nil {
@@ -514,11 +520,13 @@ func (m *Manager) revertLocked(ctx context.Context, reason string) (*v1.NetworkC
 		m.timer = nil
 	}
 	var errs []error
-	cur, err := readLive(m.h)
-	if err != nil {
-		errs = append(errs, err)
-	} else if err := run(m.h, plan(cur, restoreTarget(p.Snapshot)), true); err != nil {
-		errs = append(errs, err)
+	if !m.cfg.FilesOnly {
+		cur, err := readLive(m.h)
+		if err != nil {
+			errs = append(errs, err)
+		} else if err := run(m.h, plan(cur, restoreTarget(p.Snapshot)), true); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	prev := &v1.NetworkConfig{}
 	if len(p.PrevDesired) > 0 {

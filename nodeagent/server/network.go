@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+	"github.com/debvisor/debvisor/internal/pki"
 	"github.com/debvisor/debvisor/nodeagent/network"
 )
 
@@ -100,4 +101,39 @@ func (n *networkService) RevertNetwork(ctx context.Context, req *v1.RevertNetwor
 		return nil, err
 	}
 	return m.Revert(ctx, req.GetId(), requestedBy(ctx))
+}
+
+// NewLocalNetworkServer is NetworkService without a listener: the same
+// handlers, called in process by the node's console (debvisor-agent
+// netcfg) when no agent serves the local socket. The console runs as root
+// on the node, so it acts as an admin named who; changes record that name
+// as their requester.
+func NewLocalNetworkServer(m *network.Manager, who string) v1.NetworkServiceServer {
+	return localNetwork{n: &networkService{m: m}, id: Identity{Name: who, Role: pki.RoleAdmin}}
+}
+
+type localNetwork struct {
+	v1.UnimplementedNetworkServiceServer
+	n  *networkService
+	id Identity
+}
+
+func (l localNetwork) ctx(ctx context.Context) context.Context {
+	return context.WithValue(ctx, identityKey{}, l.id)
+}
+
+func (l localNetwork) GetNetwork(ctx context.Context, r *v1.GetNetworkRequest) (*v1.NetworkState, error) {
+	return l.n.GetNetwork(l.ctx(ctx), r)
+}
+
+func (l localNetwork) ApplyNetwork(ctx context.Context, r *v1.ApplyNetworkRequest) (*v1.ApplyNetworkResponse, error) {
+	return l.n.ApplyNetwork(l.ctx(ctx), r)
+}
+
+func (l localNetwork) ConfirmNetwork(ctx context.Context, r *v1.ConfirmNetworkRequest) (*v1.NetworkChange, error) {
+	return l.n.ConfirmNetwork(l.ctx(ctx), r)
+}
+
+func (l localNetwork) RevertNetwork(ctx context.Context, r *v1.RevertNetworkRequest) (*v1.NetworkChange, error) {
+	return l.n.RevertNetwork(l.ctx(ctx), r)
 }
