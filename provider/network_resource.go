@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework/attr"
@@ -160,8 +161,10 @@ func (r *NetworkResource) Schema(_ context.Context, _ resource.SchemaRequest, re
 			"4095, an unknown bonding mode, an address that is not in CIDR form, a NIC the node does not have, a NIC " +
 			"that is enslaved elsewhere) fails at plan time, before anything changes: the plan asks the agent for a " +
 			"dry run.\n\n" +
-			"A refresh reads the configuration the node persists: a change made with `dvctl network apply` shows " +
-			"in the next plan. **Destroying the resource applies an empty configuration** (confirmed the same " +
+			"A refresh reads the configuration the node persists, and compares it with the live links and routes: " +
+			"a change made with `dvctl network apply` shows in the next plan, and so does a bridge, bond or VLAN " +
+			"deleted, a port released, an address or route taken away or an MTU changed behind the agent's back " +
+			"(the plan adds it back, the apply repairs the node). **Destroying the resource applies an empty configuration** (confirmed the same " +
 			"way): the bonds, VLANs and bridges it created are deleted and the addresses and routes it set are " +
 			"removed; NICs stay, unconfigured. Keep the management interface's addressing out of this resource, or " +
 			"remove the resource from the state (`terraform state rm`) instead of destroying it, when the node " +
@@ -473,6 +476,14 @@ func (r *NetworkResource) Read(ctx context.Context, req resource.ReadRequest, re
 			fmt.Sprintf("Change %s (by %s) waits for its confirmation until %s; unless it is confirmed (dvctl network confirm %s), "+
 				"the node reverts it then. The state shows the configuration it would keep.", p.GetId(), p.GetRequestedBy(),
 				p.GetDeadline().AsTime().Format(time.RFC3339), p.GetId()))
+	}
+	if st.GetPending() == nil {
+		if cfg, drift := liveDrift(st); len(drift) > 0 {
+			resp.Diagnostics.AddWarning("The network of node "+name+" differs from its configuration",
+				"Live, "+strings.Join(drift, "; ")+". The plan adds what is missing back; applying it repairs the node.")
+			st = proto.CloneOf(st)
+			st.Desired = cfg
+		}
 	}
 	resp.Diagnostics.Append(data.fromAPI(st)...)
 	if data.ConfirmTimeout.IsNull() {

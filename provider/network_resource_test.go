@@ -262,6 +262,25 @@ func TestAccNetworkResource(t *testing.T) {
 				},
 				Check: resource.ComposeAggregateTestCheckFunc(n.hasBridge("10.77.0.2/24"), n.hasRoute("10.90.0.0/16", "10.77.0.254")),
 			},
+			// Drift behind the provider's back: the address taken away (and the route with it),
+			// then the whole bridge deleted. The refresh sees the live state, the plan adds the
+			// missing parts back, and the apply repairs the node.
+			{
+				PreConfig: func() { n.ns.MustIP(t, "addr", "del", "10.77.0.2/24", "dev", "br0") },
+				Config:    n.config(second),
+				ConfigPlanChecks: resource.ConfigPlanChecks{
+					PreApply: []plancheck.PlanCheck{plancheck.ExpectResourceAction(addr, plancheck.ResourceActionUpdate)},
+				},
+				Check: resource.ComposeAggregateTestCheckFunc(n.hasBridge("10.77.0.2/24"), n.hasRoute("10.90.0.0/16", "10.77.0.254")),
+			},
+			{
+				PreConfig: func() { n.ns.MustIP(t, "link", "del", "br0") },
+				Config:    n.config(second),
+				ConfigPlanChecks: resource.ConfigPlanChecks{
+					PreApply: []plancheck.PlanCheck{plancheck.ExpectResourceAction(addr, plancheck.ResourceActionUpdate)},
+				},
+				Check: resource.ComposeAggregateTestCheckFunc(n.hasBridge("10.77.0.2/24"), n.hasRoute("10.90.0.0/16", "10.77.0.254")),
+			},
 		},
 	})
 }
