@@ -53,6 +53,11 @@ type Preseed struct {
 	Files []PreseedFile `yaml:"files"`
 	// Cluster makes the node bootstrap a cluster or join one on first boot.
 	Cluster *ClusterEnrollment `yaml:"cluster"`
+	// Network is the node's host network (the agent API's schema): firstboot
+	// writes it as the agent's desired configuration and as networkd files,
+	// which bring it up; the image's DHCP default keeps covering the NICs it
+	// does not name.
+	Network *PreseedNetwork `yaml:"network"`
 }
 
 // PreseedPKI names the node certificate material, relative to the preseed.
@@ -129,6 +134,11 @@ func (p *Preseed) Validate() error {
 	if p.Cluster != nil {
 		if err := p.Cluster.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("cluster: %w", err))
+		}
+	}
+	if p.Network != nil {
+		if err := p.Network.Validate(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for i, f := range p.Files {

@@ -61,8 +61,8 @@ func (p *DebVisorProvider) Metadata(_ context.Context, _ provider.MetadataReques
 
 func (p *DebVisorProvider) Schema(_ context.Context, _ provider.SchemaRequest, resp *provider.SchemaResponse) {
 	resp.Schema = schema.Schema{
-		MarkdownDescription: "The DebVisor provider manages storage pools, volumes, virtual machines and the operating " +
-			"system image of a DebVisor node by talking to its agent's mTLS gRPC API. Every setting can also come from a " +
+		MarkdownDescription: "The DebVisor provider manages storage pools, volumes, virtual machines, the host network and " +
+			"the operating system image of a DebVisor node by talking to its agent's mTLS gRPC API. Every setting can also come from a " +
 			"`DEBVISOR_*` environment variable; a value in the configuration wins. TLS material is given " +
 			"either as file paths or as inline PEM; inline PEM wins.",
 		Attributes: map[string]schema.Attribute{
@@ -117,7 +117,10 @@ func (p *DebVisorProvider) Schema(_ context.Context, _ provider.SchemaRequest, r
 
 // providerData is what Configure hands to every resource and data source.
 type providerData struct {
-	client           *client.Client
+	client *client.Client
+	// cfg is how client was made: the network resource dials afresh with it to prove that a
+	// new connection still reaches the node after a change.
+	cfg              client.Config
 	endpoint         string
 	requestTimeout   time.Duration
 	operationTimeout time.Duration
@@ -163,7 +166,7 @@ func (p *DebVisorProvider) Configure(ctx context.Context, req provider.Configure
 			"Set endpoint in the provider block or DEBVISOR_ENDPOINT to the agent's HOST:PORT (port 7443 on a DebVisor node).")
 		return
 	}
-	pd := &providerData{endpoint: cfg.Endpoint}
+	pd := &providerData{endpoint: cfg.Endpoint, cfg: cfg}
 	for _, d := range []struct {
 		attr, env string
 		v         types.String
@@ -212,6 +215,7 @@ func (p *DebVisorProvider) Resources(_ context.Context) []func() resource.Resour
 		NewVolumeResource,
 		NewVMResource,
 		NewNodeResource,
+		NewNetworkResource,
 	}
 }
 

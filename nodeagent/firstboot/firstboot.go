@@ -242,7 +242,15 @@ func applyPreseed(ctx context.Context, cfg *Config) (string, error) {
 	if cfg.live() && p.Hostname != "" {
 		_ = run(ctx, "hostname", p.Hostname)
 	}
-	cfg.Log.Info("preseed applied", "from", file, "hostname", p.Hostname, "pki", p.PKI != nil, "cluster", p.Cluster != nil, "files", len(p.Files))
+	if cfg.live() && p.Network != nil {
+		// networkd may have started before firstboot: have it read the new
+		// files now (at worst they take effect at the next boot).
+		if err := run(ctx, "networkctl", "reload"); err != nil {
+			cfg.Log.Warn("networkd did not reload; the preseeded network takes effect at its next start", "err", err)
+		}
+	}
+	cfg.Log.Info("preseed applied", "from", file, "hostname", p.Hostname, "pki", p.PKI != nil, "cluster", p.Cluster != nil,
+		"network", p.Network != nil, "files", len(p.Files))
 	return file, nil
 }
 
@@ -250,6 +258,12 @@ func applyPreseed(ctx context.Context, cfg *Config) (string, error) {
 // the files it names (PKI) are.
 func Apply(root, seedDir string, p *osimage.Preseed) error {
 	at := func(p string) string { return filepath.Join(root, p) }
+	// Checked before anything is written: a network section the agent
+	// would refuse fails the preseed as a whole.
+	np, err := planNetwork(p)
+	if err != nil {
+		return err
+	}
 	if p.Hostname != "" {
 		if err := writeFile(at("/etc/hostname"), []byte(p.Hostname+"\n"), 0o644); err != nil {
 			return err
@@ -304,6 +318,11 @@ func Apply(root, seedDir string, p *osimage.Preseed) error {
 	if p.Cluster != nil {
 		if err := applyCluster(at, seedDir, *p.Cluster); err != nil {
 			return fmt.Errorf("cluster: %w", err)
+		}
+	}
+	if np != nil {
+		if err := np.write(root); err != nil {
+			return err
 		}
 	}
 	for _, f := range p.Files {

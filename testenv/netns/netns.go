@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -223,4 +224,72 @@ func (l *LAN) AddBridge(t testing.TB, name string) *LAN {
 	other.ports = l.ports + 1000 // port names stay unique in the shared namespace
 	l.mu.Unlock()
 	return other
+}
+
+// Forward relays connections from the host's loopback into the namespace:
+// it listens on 127.0.0.1 (a free port) and connects every accepted
+// connection to addr from inside the namespace. A client in the test
+// process (the Terraform CLI, a provider) thus reaches a server that runs
+// in the namespace, and each of its connections is a new one there, so
+// "can a new connection reach it" keeps its meaning. t.Cleanup stops it.
+func (n *Namespace) Forward(t testing.TB, addr string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("forward to %s in %s: %v", addr, n.Name, err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]bool{}
+	)
+	track := func(c net.Conn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if conns == nil {
+			c.Close()
+			return false
+		}
+		conns[c] = true
+		return true
+	}
+	t.Cleanup(func() {
+		// Clients may keep connections open for ever (gRPC does): end them.
+		l.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		conns = nil
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if !track(c) {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				up, err := n.DialContext(context.Background(), "tcp", addr)
+				if err != nil || !track(up) {
+					return
+				}
+				defer up.Close()
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+				<-done // one side ended: closing both ends the other copy
+			}()
+		}
+	}()
+	return l.Addr().String()
 }
