@@ -15,8 +15,9 @@ import (
 
 // tofuWork is examples/quickstart in a directory of its own, applied by
 // the pinned OpenTofu with the provider built by this test under
-// dev_overrides, against a node's agent through QEMU's loopback forward:
-// what a user of the quickstart runs.
+// dev_overrides (no `tofu init`: with overrides there is nothing to
+// install, and init would ask a registry), against a node's agent through
+// QEMU's loopback forward: what a user of the quickstart runs.
 type tofuWork struct {
 	t   testing.TB
 	bin string
@@ -114,7 +115,6 @@ output "booted" {
 func tofuUpgrade(ctx context.Context, t *testing.T, n *node, from, to string) string {
 	t.Helper()
 	w := newTofu(t, n, nodeConfig, "TF_VAR_image="+from)
-	w.must(ctx, "init", "-input=false", "-no-color")
 	w.must(ctx, "apply", "-auto-approve", "-input=false", "-no-color")
 	before := w.output(ctx, "booted")
 	w.planEmpty(ctx, "after adopting the node")
@@ -182,7 +182,6 @@ func quickstartApply(ctx context.Context, t *testing.T, n *node, poolPath string
 	t.Helper()
 	w := newQuickstart(t, n, poolPath)
 	t0 := time.Now()
-	w.must(ctx, "init", "-input=false", "-no-color")
 	w.must(ctx, "apply", "-auto-approve", "-input=false", "-no-color")
 	vm := w.output(ctx, "vm")
 	t.Logf("tofu apply against the node took %s: %s", time.Since(t0).Round(time.Second), vm)
