@@ -68,7 +68,7 @@ func only(prefixes ...string) func(string) bool {
 // (testenv/) is deliberately not among them: it imports the agent. The
 // console network screen (internal/netcfg) is one because both the agent
 // (on the node's console) and dvctl run it.
-var leaves = []string{"internal/buildinfo", "internal/yamlstrict", "internal/pki", "internal/netcfg"}
+var leaves = []string{"internal/buildinfo", "internal/yamlstrict", "internal/pki", "internal/netcfg", "internal/atomicfile"}
 
 func TestDependencyRules(t *testing.T) {
 	rules := []struct {
@@ -98,8 +98,8 @@ func TestDependencyRules(t *testing.T) {
 			"the image builder shares only osimage/ and the boot packages with the agent"},
 		{"./nodeagent/...", only(append([]string{"nodeagent", "osimage", "boot", "api/", "templates"}, leaves...)...),
 			"the agent shares only osimage/ and the boot packages with the image builder"},
-		{"./nodeagent/network", only("nodeagent/network", "nodeagent/fault", "api/"),
-			"host networking is a domain package: it knows the API types, the rules and the fault kinds; the server and the agent call it, never the other way round"},
+		{"./nodeagent/network", only("nodeagent/network", "nodeagent/fault", "api/", "internal/atomicfile"),
+			"host networking is a domain package: it knows the API types, the rules, the fault kinds and durable file writes; the server and the agent call it, never the other way round"},
 		{"./internal/netcfg", only("internal/netcfg", "api/"),
 			"the console network screen knows only the API: it drives NetworkService, whether over gRPC or in the agent's process"},
 		{"./templates/...", only("templates"),

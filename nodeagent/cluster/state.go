@@ -11,6 +11,8 @@ import (
 
 	"github.com/debvisor/debvisor/api/rules"
 	"github.com/debvisor/debvisor/nodeagent/discovery"
+
+	"github.com/debvisor/debvisor/internal/atomicfile"
 )
 
 // Files under state_dir/cluster. state.json is written last when a node
@@ -89,27 +91,7 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.WriteFile(path, data, mode)
 }
 
 func randomHex(n int) string {

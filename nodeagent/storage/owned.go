@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"github.com/google/uuid"
+
+	"github.com/debvisor/debvisor/internal/atomicfile"
 )
 
 // ownedPool records a pool the agent created, keyed by libvirt's UUID so a
@@ -65,23 +67,7 @@ func (o *ownership) save(m map[string]ownedPool) error {
 	if err := os.MkdirAll(filepath.Dir(o.file), 0o750); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(o.file), ".pools-*.json")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), o.file)
+	return atomicfile.WriteFile(o.file, append(b, '\n'), 0o640)
 }
 
 func (o *ownership) get(name string) (ownedPool, bool, error) {

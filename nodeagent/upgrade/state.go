@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/debvisor/debvisor/osimage"
+
+	"github.com/debvisor/debvisor/internal/atomicfile"
 )
 
 // Results a slot can have (Slot.last_result in the API).
@@ -100,32 +102,8 @@ func (s *state) update(fn func(map[osimage.Slot]slotRecord)) error {
 	if err := os.MkdirAll(filepath.Dir(s.file), 0o750); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(s.file), ".slots-*.json")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), s.file); err != nil {
-		return err
-	}
-	// The rename is durable only once the directory is: without this a
+	// Durable when it returns (directory fsync included): without that a
 	// power cut right after (the test that found it cut during the slot
 	// write) brought back the record from before the write began.
-	d, err := os.Open(filepath.Dir(s.file))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.WriteFile(s.file, append(b, '\n'), 0o640)
 }
