@@ -554,3 +554,28 @@ func TestUpgradeToTheRunningImageIsANoOp(t *testing.T) {
 		t.Fatalf("reboots = %d, want 1 (the real upgrade only)", n.reboots)
 	}
 }
+
+// TestNewerVersionDoesNotHashTheBootedSlot: with no record of what the
+// booted slot holds, an artifact of another version is not the running
+// image, decided from the release file without reading the slot (which
+// takes minutes under emulation); only the same version is hashed.
+func TestNewerVersionDoesNotHashTheBootedSlot(t *testing.T) {
+	n := newNode(t, osimage.SlotA, "0.1.0")
+	n.grubBoots()
+	src := &source{arts: map[string]*Artifact{}, blobs: map[string][]byte{}}
+	src.add("reg/os:0.2.0", "0.2.0", osimage.Arch, 1<<20)
+	// The booted slot cannot be read: hashing it would fail the upgrade.
+	a := n.devs[osimage.SlotA]
+	n.devs[osimage.SlotA] = a + ".gone"
+	defer func() { n.devs[osimage.SlotA] = a }()
+	m := newManager(t, n, src)
+	if err := m.Upgrade(context.Background(), Request{Ref: "reg/os:0.2.0"}, &progress{}); err != nil {
+		t.Fatalf("upgrade to a newer version read the booted slot: %v", err)
+	}
+	// The same version (a reinstall) must still be compared by content.
+	src.add("reg/os:0.1.0", "0.1.0", osimage.Arch, 1<<20)
+	err := m.Upgrade(context.Background(), Request{Ref: "reg/os:0.1.0", Force: true}, &progress{})
+	if err == nil || !strings.Contains(err.Error(), "booted slot") {
+		t.Fatalf("same-version upgrade did not hash the booted slot: %v", err)
+	}
+}
