@@ -265,6 +265,12 @@ func bootNode(ctx context.Context, t testing.TB, raw, diskSize string, s seed) *
 	}
 	m, err := qemu.Start(ctx, qemu.Config{
 		Name: "debvisor-e2e", Dir: dir, Firmware: qemu.FirmwareUEFI, MemoryMiB: 2048,
+		// QEMU's default CPU offers SVM, which TCG emulates: the node
+		// would run its VMs under nested KVM on an emulated CPU, which
+		// hung the node's reboot. Without it the node has no KVM and its
+		// VMs run under plain QEMU emulation, as on hardware without
+		// virtualisation extensions.
+		CPU:     "qemu64,svm=off",
 		Drives:  []qemu.Drive{{File: disk, Format: "qcow2"}, {File: s.ISO, Format: "raw", ReadOnly: true}},
 		Network: true, Forwards: fwd,
 	})

@@ -10,7 +10,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/debvisor/debvisor/imagebuilder"
 	"github.com/debvisor/debvisor/osimage"
@@ -159,8 +162,66 @@ func TestReproducibleFromColdCache(t *testing.T) {
 	t.Logf("shared cache %s\ncold cache   %s", a, b)
 	if a != b {
 		t.Logf("differences between the cached and the fresh root filesystems:\n%s", treeDiff(t, filepath.Join(cacheDir(), "rootfs"), filepath.Join(cold, "cache", "rootfs")))
+		bases, _ := filepath.Glob(filepath.Join(cold, "cache", "base", "*.squashfs"))
+		for _, fresh := range bases {
+			shared := filepath.Join(cacheDir(), "base", filepath.Base(fresh))
+			t.Logf("base %s: shared %s, fresh %s", filepath.Base(fresh), sha256File(t, shared), sha256File(t, fresh))
+			la, _ := exec.Command("unsquashfs", "-lln", shared).Output()
+			lb, _ := exec.Command("unsquashfs", "-lln", fresh).Output()
+			if !bytes.Equal(la, lb) {
+				t.Logf("unsquashfs -lln of the two bases differ:\n%s", lineDiff(string(la), string(lb), 40))
+			}
+		}
 		t.Fatalf("a build from a cold cache differs: %s vs %s (slot %s vs %s)", a, b, img.Manifest.Slot.Digest, second.Manifest.Slot.Digest)
 	}
+}
+
+// xattrs describes the extended attributes of p (not following links).
+func xattrs(p string) string {
+	buf := make([]byte, 4096)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil || n == 0 {
+		return ""
+	}
+	var out []string
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+		v := make([]byte, 1024)
+		m, _ := unix.Lgetxattr(p, name, v)
+		if m < 0 {
+			m = 0
+		}
+		out = append(out, fmt.Sprintf("%s=%x", name, v[:m]))
+	}
+	sort.Strings(out)
+	return " " + strings.Join(out, ",")
+}
+
+// lineDiff lists up to max lines that are in one text and not the other.
+func lineDiff(a, b string, max int) string {
+	in := func(s string) map[string]bool {
+		m := map[string]bool{}
+		for _, l := range strings.Split(s, "\n") {
+			m[l] = true
+		}
+		return m
+	}
+	ma, mb := in(a), in(b)
+	var out []string
+	for l := range ma {
+		if !mb[l] {
+			out = append(out, "- "+l)
+		}
+	}
+	for l := range mb {
+		if !ma[l] {
+			out = append(out, "+ "+l)
+		}
+	}
+	sort.Strings(out)
+	if len(out) > max {
+		out = append(out[:max], fmt.Sprintf("... %d more", len(out)-max))
+	}
+	return strings.Join(out, "\n")
 }
 
 // cacheDir is the cache the shared builds use.
@@ -201,7 +262,16 @@ func treeDiff(t *testing.T, dirA, dirB string) string {
 				return nil
 			}
 			rel, _ := filepath.Rel(root, p)
-			m[rel] = fmt.Sprintf("%v %d", fi.Mode(), fi.ModTime().Unix())
+			// Times are left out: mksquashfs sets every one to the epoch.
+			desc := fi.Mode().String()
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				desc += fmt.Sprintf(" %d:%d nlink=%d rdev=%d", st.Uid, st.Gid, st.Nlink, st.Rdev)
+			}
+			if fi.Mode().IsRegular() {
+				desc += fmt.Sprintf(" size=%d", fi.Size())
+			}
+			desc += xattrs(p)
+			m[rel] = desc
 			return nil
 		})
 		return m
@@ -209,8 +279,13 @@ func treeDiff(t *testing.T, dirA, dirB string) string {
 	ma, mb := meta(a), meta(b)
 	var lines []string
 	for k, v := range ma {
-		if mb[k] != v && mb[k] != "" {
-			lines = append(lines, fmt.Sprintf("%s: %s vs %s", k, v, mb[k]))
+		if mb[k] != v {
+			lines = append(lines, fmt.Sprintf("%s: %q vs %q", k, v, mb[k]))
+		}
+	}
+	for k, v := range mb {
+		if _, ok := ma[k]; !ok {
+			lines = append(lines, fmt.Sprintf("%s: only in the fresh tree (%q)", k, v))
 		}
 	}
 	sort.Strings(lines)

@@ -160,6 +160,22 @@ func (b *builder) baseOverlay(ctx context.Context, tree string, layer map[string
 			return err
 		}
 	}
+	// apt's download directories are owned by _apt or by root depending
+	// on whether apt could drop its privileges while mmdebstrap ran (two
+	// otherwise identical trees differed only in this); the node never
+	// runs apt, so they are root's, and a fresh rootfs gives the same base.
+	for _, d := range []string{"var/cache/apt/archives/partial", "var/lib/apt/lists/partial"} {
+		p := filepath.Join(tree, d)
+		if _, err := os.Lstat(p); err != nil {
+			continue
+		}
+		if err := os.Lchown(p, 0, 0); err != nil {
+			return err
+		}
+		if err := os.Chmod(p, 0o700); err != nil {
+			return err
+		}
+	}
 	if err := writeFile(filepath.Join(tree, "etc/machine-id"), nil, 0o444); err != nil {
 		return err
 	}

@@ -34,8 +34,9 @@ const BaseEpoch = 1700000000
 
 // baseFormat changes whenever the way a base is made changes.
 // v2: the links into the layer are relative (they resolve inside an
-// extracted or mounted slot, too).
-const baseFormat = "debvisor-base-v2"
+// extracted or mounted slot, too). v3: apt's partial directories are
+// root's; libvirt-guests stops waiting for guests after a minute.
+const baseFormat = "debvisor-base-v3"
 
 // keepBases is how many cached bases the cache keeps (newest first).
 const keepBases = 3
