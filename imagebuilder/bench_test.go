@@ -1,15 +1,10 @@
 package imagebuilder_test
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,74 +15,6 @@ import (
 	"github.com/debvisor/debvisor/internal/qemu"
 	"github.com/debvisor/debvisor/osimage"
 )
-
-// BenchmarkImageBuildFromCache times a whole build of the default spec
-// from a warm rootfs cache to a finished raw image (no qcow2), and in the
-// same run mksquashfs alone with the same compressor and flags: on the
-// final tree (the build's own squashfs phase, from its JSON progress
-// events) and on the cached rootfs (which lacks the ~60 MB of baked
-// binaries). Target: build <= 1.15x mksquashfs.
-//
-//	go test -run '^$' -bench ImageBuildFromCache -benchtime 1x ./imagebuilder/
-func BenchmarkImageBuildFromCache(b *testing.B) {
-	img := defaultImage(b) // warms the cache
-	agent, dvctl := binaries(b)
-	spec, err := imagebuilder.DefaultSpec()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cacheRoot := filepath.Join(imagebuilder.CacheDirFromEnv(), "rootfs")
-	var tree string
-	ents, _ := os.ReadDir(cacheRoot)
-	for _, e := range ents {
-		if e.IsDir() && !filepath.IsAbs(e.Name()) {
-			if _, err := os.Stat(filepath.Join(cacheRoot, e.Name(), "usr/bin")); err == nil {
-				tree = filepath.Join(cacheRoot, e.Name())
-			}
-		}
-	}
-	if tree == "" {
-		b.Fatal("no cached rootfs")
-	}
-	_ = img
-	var build, squash, inBuild time.Duration
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		// The build's own squashfs phase is mksquashfs on the final
-		// (overlaid) tree with the same compressor and flags: read its
-		// duration from the JSON progress events.
-		var events bytes.Buffer
-		t0 := time.Now()
-		if _, err := imagebuilder.Build(context.Background(), spec, b.TempDir(), imagebuilder.WithBinaries(agent, dvctl),
-			imagebuilder.WithSourceDateEpoch(testEpoch), imagebuilder.WithQcow2(false),
-			imagebuilder.WithProgress(imagebuilder.NewProgress(imagebuilder.ProgressJSON, &events, nil))); err != nil {
-			b.Fatal(err)
-		}
-		build += time.Since(t0)
-		dec := json.NewDecoder(&events)
-		for dec.More() {
-			var ev imagebuilder.Event
-			if err := dec.Decode(&ev); err != nil {
-				b.Fatalf("progress event: %v", err)
-			}
-			if ev.Phase == "squashfs" && ev.Event == "done" {
-				inBuild += time.Duration(ev.Duration * float64(time.Second))
-			}
-		}
-		out := filepath.Join(b.TempDir(), "alone.squashfs")
-		t0 = time.Now()
-		cmd := exec.Command("mksquashfs", imagebuilder.MksquashfsArgs(tree, out, spec.Compression, strconv.Itoa(testEpoch), runtime.NumCPU())...)
-		if o, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("mksquashfs: %v\n%s", err, o)
-		}
-		squash += time.Since(t0)
-	}
-	b.ReportMetric(build.Seconds()/float64(b.N), "build-s/op")
-	b.ReportMetric(squash.Seconds()/float64(b.N), "mksquashfs-rootfs-s/op")
-	b.ReportMetric(inBuild.Seconds()/float64(b.N), "mksquashfs-final-tree-s/op")
-	b.ReportMetric(build.Seconds()/squash.Seconds(), "ratio-vs-rootfs")
-	b.ReportMetric(build.Seconds()/inBuild.Seconds(), "ratio-vs-final-tree")
-}
 
 // BenchmarkImageBootToAgent boots the default image (UEFI, OVMF, TCG:
 // OVMF fails under KVM here) from power-on to the first successful mTLS

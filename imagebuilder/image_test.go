@@ -161,10 +161,10 @@ func TestReproducibleFromColdCache(t *testing.T) {
 	a, b := sha256File(t, img.Raw), sha256File(t, second.Raw)
 	t.Logf("shared cache %s\ncold cache   %s", a, b)
 	if a != b {
-		t.Logf("differences between the cached and the fresh root filesystems:\n%s", treeDiff(t, filepath.Join(cacheDir(), "rootfs"), filepath.Join(cold, "cache", "rootfs")))
+		t.Logf("differences between the cached and the fresh root filesystems:\n%s", treeDiff(t, filepath.Join(imagebuilder.CacheDirFromEnv(), "rootfs"), filepath.Join(cold, "cache", "rootfs")))
 		bases, _ := filepath.Glob(filepath.Join(cold, "cache", "base", "*.squashfs"))
 		for _, fresh := range bases {
-			shared := filepath.Join(cacheDir(), "base", filepath.Base(fresh))
+			shared := filepath.Join(imagebuilder.CacheDirFromEnv(), "base", filepath.Base(fresh))
 			t.Logf("base %s: shared %s, fresh %s", filepath.Base(fresh), sha256File(t, shared), sha256File(t, fresh))
 			la, _ := exec.Command("unsquashfs", "-lln", shared).Output()
 			lb, _ := exec.Command("unsquashfs", "-lln", fresh).Output()
@@ -222,14 +222,6 @@ func lineDiff(a, b string, max int) string {
 		out = append(out[:max], fmt.Sprintf("... %d more", len(out)-max))
 	}
 	return strings.Join(out, "\n")
-}
-
-// cacheDir is the cache the shared builds use.
-func cacheDir() string {
-	if d := os.Getenv("DEBVISOR_CACHE"); d != "" {
-		return d
-	}
-	return imagebuilder.DefaultCacheDir
 }
 
 // treeDiff names the files that differ between the one cached tree under

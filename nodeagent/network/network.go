@@ -39,6 +39,8 @@ import (
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
 	"github.com/debvisor/debvisor/nodeagent/fault"
+
+	"github.com/debvisor/debvisor/internal/atomicfile"
 )
 
 // Deadlines a change may be given to be confirmed.
@@ -422,7 +424,7 @@ func (m *Manager) persist(ctx context.Context, c *v1.NetworkConfig, files map[st
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(m.path(desiredFile), b, 0o640); err != nil {
+	if err := atomicfile.WriteFile(m.path(desiredFile), b, 0o640); err != nil {
 		return fmt.Errorf("write the desired configuration: %w", err)
 	}
 	m.desired = proto.CloneOf(c)
@@ -441,7 +443,7 @@ func (m *Manager) writeJSON(name string, v any) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(m.path(name), b, 0o640)
+	return atomicfile.WriteFile(m.path(name), b, 0o640)
 }
 
 // Confirm keeps the pending change id.
@@ -556,7 +558,7 @@ func (m *Manager) revertLocked(ctx context.Context, reason string) (*v1.NetworkC
 func (m *Manager) finish(ch *v1.NetworkChange) {
 	m.last = ch
 	if b, err := protojson.Marshal(ch); err == nil {
-		if err := writeAtomic(m.path(lastFile), b, 0o640); err != nil {
+		if err := atomicfile.WriteFile(m.path(lastFile), b, 0o640); err != nil {
 			m.log.Warn("record the last network change", "err", err)
 		}
 	}

@@ -177,7 +177,7 @@ func writeFiles(dir string, files map[string][]byte) error {
 		if prev, ok := old[n]; ok && bytes.Equal(prev, files[n]) {
 			continue
 		}
-		if err := writeAtomic(filepath.Join(dir, n), files[n], 0o644); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, n), files[n], 0o644); err != nil {
 			return err
 		}
 	}
@@ -188,11 +188,5 @@ func writeFiles(dir string, files map[string][]byte) error {
 			}
 		}
 	}
-	return syncDir(dir)
+	return atomicfile.SyncDir(dir)
 }
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	return atomicfile.WriteFile(path, data, mode)
-}
-
-func syncDir(dir string) error { return atomicfile.SyncDir(dir) }

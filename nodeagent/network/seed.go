@@ -8,6 +8,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	v1 "github.com/debvisor/debvisor/api/debvisor/v1"
+
+	"github.com/debvisor/debvisor/internal/atomicfile"
 )
 
 // CheckConfig validates a configuration on its own, without a node to
@@ -36,7 +38,7 @@ func Seed(networkdDir, stateDir string, c *v1.NetworkConfig) error {
 	if err := os.MkdirAll(stateDir, 0o750); err != nil {
 		return err
 	}
-	if err := writeAtomic(filepath.Join(stateDir, desiredFile), b, 0o640); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(stateDir, desiredFile), b, 0o640); err != nil {
 		return fmt.Errorf("write the desired configuration: %w", err)
 	}
 	return nil
