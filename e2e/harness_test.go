@@ -247,8 +247,9 @@ type node struct {
 }
 
 // bootNode boots raw (through a copy-on-write overlay of diskSize) with
-// the seed attached.
-func bootNode(ctx context.Context, t testing.TB, raw, diskSize string, s seed) *node {
+// the seed attached; opts adjust the machine (more NICs, the monitor,
+// another firmware).
+func bootNode(ctx context.Context, t testing.TB, raw, diskSize string, s seed, opts ...func(*qemu.Config)) *node {
 	t.Helper()
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.qcow2")
@@ -263,7 +264,7 @@ func bootNode(ctx context.Context, t testing.TB, raw, diskSize string, s seed) *
 		}
 		fwd = append(fwd, qemu.Forward{Host: p, Guest: g})
 	}
-	m, err := qemu.Start(ctx, qemu.Config{
+	cfg := qemu.Config{
 		Name: "debvisor-e2e", Dir: dir, Firmware: qemu.FirmwareUEFI, MemoryMiB: 2048,
 		// QEMU's default CPU offers SVM, which TCG emulates: the node
 		// would run its VMs under nested KVM on an emulated CPU, which
@@ -273,17 +274,33 @@ func bootNode(ctx context.Context, t testing.TB, raw, diskSize string, s seed) *
 		CPU:     "qemu64,svm=off",
 		Drives:  []qemu.Drive{{File: disk, Format: "qcow2"}, {File: s.ISO, Format: "raw", ReadOnly: true}},
 		Network: true, Forwards: fwd,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	m, err := qemu.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("serial console of the node:\n%s", tail(m.Console(), 200))
+			holdFailedNode(t, m, s)
 		}
 		_ = m.Stop()
 	})
 	return &node{t: t, m: m, seed: s, disk: disk}
+}
+
+// holdFailedNode keeps a failed test's node running for a developer to
+// log in, when DEBVISOR_E2E_HOLD is a duration ("20m"). Never set in CI.
+func holdFailedNode(t testing.TB, m *qemu.Machine, s seed) {
+	d, err := time.ParseDuration(os.Getenv("DEBVISOR_E2E_HOLD"))
+	if err != nil || d <= 0 {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "holding the failed node for %s: ssh -i %s -p %d -o StrictHostKeyChecking=no root@127.0.0.1\n", d, s.SSHKey, m.HostPort(22))
+	time.Sleep(d)
 }
 
 func tail(s string, lines int) string {

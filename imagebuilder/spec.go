@@ -47,6 +47,8 @@ var RequiredPackages = []string{
 	// console.
 	"libvirt-daemon-system", "libvirt-daemon-driver-qemu", "libvirt-clients",
 	"qemu-system-x86", "qemu-utils", "ovmf",
+	// The first tool of whoever debugs a node's network at its console.
+	"iputils-ping",
 }
 
 // Size is a byte count written in specs as "512MiB", "1GiB", "1G" (binary

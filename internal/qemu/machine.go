@@ -62,6 +62,11 @@ type Config struct {
 	// guest has no NIC at all (-nic none).
 	Network  bool
 	Forwards []Forward
+	// HubNICs adds one virtio NIC per MAC address, all on one QEMU hub (a
+	// repeater: every frame one of them sends reaches all the others) and
+	// on nothing else. Device ids are "hub0", "hub1"... for SetLink. They
+	// let a guest test bonds and VLANs against a peer NIC of its own.
+	HubNICs []string
 	// SerialLog receives the serial console (default Dir/serial.log).
 	SerialLog string
 	// Kernel, when set, makes QEMU load this kernel itself (-kernel, with
@@ -154,8 +159,13 @@ func Start(ctx context.Context, c Config) (*Machine, error) {
 			nic += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", f.Host, f.Guest)
 		}
 		args = append(args, "-nic", nic)
-	} else {
+	} else if len(c.HubNICs) == 0 {
 		args = append(args, "-nic", "none")
+	}
+	for i, mac := range c.HubNICs {
+		id := fmt.Sprintf("hub%d", i)
+		args = append(args, "-netdev", "hubport,id="+id+"-port,hubid=0",
+			"-device", "virtio-net-pci,id="+id+",netdev="+id+"-port,mac="+mac)
 	}
 	if c.Kernel != "" {
 		args = append(args, "-kernel", c.Kernel, "-append", c.Append)

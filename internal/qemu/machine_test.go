@@ -152,3 +152,39 @@ func TestOverlay(t *testing.T) {
 		t.Fatal("overlay of a missing base succeeded")
 	}
 }
+
+// TestHubNICs starts a machine with two NICs on a hub and no user-mode
+// NIC: QEMU puts both on the hub, set_link accepts their ids (the hub's
+// "info network" does not show link state: the e2e network test sees the
+// carrier go in the guest), and an unknown id is an error.
+func TestHubNICs(t *testing.T) {
+	requireQEMU(t)
+	m, err := Start(context.Background(), Config{
+		Name: "debvisor-qemu-hub", Dir: t.TempDir(), Firmware: FirmwareBIOS, Accel: AccelTCG,
+		MemoryMiB: 128, CPUs: 1, HubNICs: []string{"52:54:00:00:01:01", "52:54:00:00:01:02"}, Monitor: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := m.HMP(ctx, "info network")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"hub0: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:00:01:01", "hub1: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:00:01:02"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("info network lacks %q:\n%s", want, out)
+		}
+	}
+	if err := m.SetLink(ctx, "hub1", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SetLink(ctx, "hub1", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SetLink(ctx, "no-such-nic", false); err == nil {
+		t.Fatal("set_link of an unknown device succeeded")
+	}
+}

@@ -18,8 +18,7 @@ func (m *Machine) HMP(ctx context.Context, command string) (string, error) {
 	if m.monitor == "" {
 		return "", errors.New("qemu: started without Monitor")
 	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", m.monitor)
+	c, err := m.dialMonitor(ctx)
 	if err != nil {
 		return "", fmt.Errorf("monitor: %w", err)
 	}
@@ -44,6 +43,25 @@ func (m *Machine) HMP(ctx context.Context, command string) (string, error) {
 		out = out[i+1:]
 	}
 	return strings.TrimSpace(strings.ReplaceAll(out, "\r", "")), nil
+}
+
+// dialMonitor connects to the monitor socket, waiting (within ctx) for
+// QEMU to create it: right after Start it may not exist yet.
+func (m *Machine) dialMonitor(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "unix", m.monitor)
+		if err == nil || !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) {
+			return c, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-m.exited:
+			return nil, fmt.Errorf("%w (QEMU exited: %s)", err, strings.TrimSpace(m.stderr.String()))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func readUntilPrompt(r *bufio.Reader) (string, error) {
@@ -75,4 +93,23 @@ func (m *Machine) Kill() error {
 	case <-time.After(30 * time.Second):
 		return fmt.Errorf("QEMU (pid %d) did not exit after SIGKILL", m.pid)
 	}
+}
+
+// SetLink connects (up) or disconnects (!up) a NIC's cable: "set_link" on
+// the monitor for a device id such as Config.HubNICs' "hub0". The guest
+// sees its carrier go and come back.
+func (m *Machine) SetLink(ctx context.Context, device string, up bool) error {
+	state := "off"
+	if up {
+		state = "on"
+	}
+	out, err := m.HMP(ctx, "set_link "+device+" "+state)
+	if err != nil {
+		return err
+	}
+	// Success prints nothing; a wrong id prints QEMU's complaint.
+	if out != "" {
+		return fmt.Errorf("set_link %s %s: %s", device, state, out)
+	}
+	return nil
 }

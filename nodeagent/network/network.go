@@ -359,9 +359,12 @@ func (m *Manager) Apply(ctx context.Context, r Request) (*v1.NetworkChange, erro
 	}
 	m.pending = p
 	m.log.Info("applying network change", "id", p.ID, "deadline", p.Deadline, "steps", len(steps), "by", r.RequestedBy)
-	applyErr := m.persist(ctx, next, files)
+	applyErr := m.persist(next, files)
 	if applyErr == nil && !m.cfg.FilesOnly {
 		applyErr = run(m.h, steps, false)
+	}
+	if applyErr == nil {
+		m.reload(ctx)
 	}
 	if applyErr != nil {
 		reason := "apply failed: " + applyErr.Error()
@@ -416,7 +419,7 @@ func sortedKeys(m map[string][]byte) []string {
 }
 
 // persist writes the networkd files and the desired configuration.
-func (m *Manager) persist(ctx context.Context, c *v1.NetworkConfig, files map[string][]byte) error {
+func (m *Manager) persist(c *v1.NetworkConfig, files map[string][]byte) error {
 	if err := writeFiles(m.cfg.NetworkdDir, files); err != nil {
 		return fmt.Errorf("write networkd files: %w", err)
 	}
@@ -428,14 +431,22 @@ func (m *Manager) persist(ctx context.Context, c *v1.NetworkConfig, files map[st
 		return fmt.Errorf("write the desired configuration: %w", err)
 	}
 	m.desired = proto.CloneOf(c)
-	if m.cfg.Reload != nil {
-		// The live state is netlink's job; networkd catching up late
-		// (or not running) costs DHCP and DNS until it does, not the change.
-		if err := m.cfg.Reload(ctx); err != nil {
-			m.log.Warn("networkd did not reload; the files take effect at its next start", "err", err)
-		}
-	}
 	return nil
+}
+
+// reload tells networkd that its files changed. It runs after the live
+// steps: networkd reloaded earlier creates the new bonds, VLANs and
+// bridges from the files itself and races the agent's own netlink steps
+// (the agent's "create bond0" then found bond0 there). The live state is
+// netlink's job; networkd catching up late (or not running) costs DHCP
+// and DNS until it does, not the change.
+func (m *Manager) reload(ctx context.Context) {
+	if m.cfg.Reload == nil {
+		return
+	}
+	if err := m.cfg.Reload(ctx); err != nil {
+		m.log.Warn("networkd did not reload; the files take effect at its next start", "err", err)
+	}
 }
 
 func (m *Manager) writeJSON(name string, v any) error {
@@ -536,9 +547,10 @@ func (m *Manager) revertLocked(ctx context.Context, reason string) (*v1.NetworkC
 			errs = append(errs, err)
 		}
 	}
-	if err := m.persist(ctx, prev, p.PrevFiles); err != nil {
+	if err := m.persist(prev, p.PrevFiles); err != nil {
 		errs = append(errs, err)
 	}
+	m.reload(ctx)
 	if err := errors.Join(errs...); err != nil {
 		// Keep the pending record: the next start tries again.
 		m.log.Error("network revert incomplete", "id", p.ID, "err", err)

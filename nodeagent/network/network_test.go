@@ -394,3 +394,48 @@ func compareGolden(t *testing.T, name string, files map[string][]byte) {
 		}
 	}
 }
+
+// TestReloadRunsAfterLiveSteps: networkd is told about new files only
+// once the agent's own netlink steps are done, on apply and on revert.
+// Reloaded earlier, networkd creates the bonds, VLANs and bridges from the
+// files itself and the agent's "create" finds them there (a booted node's
+// first bond failed so).
+func TestReloadRunsAfterLiveSteps(t *testing.T) {
+	l := newLab(t)
+	type seen struct {
+		br0, vaInBr0 bool
+		files        int
+	}
+	var calls []seen
+	m := l.manager(t, func(c *Config) {
+		c.Reload = func(context.Context) error {
+			st := l.live(t)
+			calls = append(calls, seen{br0: st.links["br0"].Exists, vaInBr0: st.links["va"].Master == "br0", files: len(l.files(t))})
+			return nil
+		}
+	})
+	changed := m.Changed()
+	if _, err := m.Apply(context.Background(), Request{Config: bridgeConfig(), Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	waitResolved(t, m, changed, 5*time.Second)
+	want := []seen{{br0: true, vaInBr0: true, files: len(render(bridgeConfig()))}, {}}
+	if !slices.Equal(calls, want) {
+		t.Fatalf("networkd reloads saw %+v, want %+v (apply: bridge built and files written; revert: bridge gone, files removed)", calls, want)
+	}
+}
+
+// TestAddLinkAdoptsTheSameLink: a link created meanwhile by someone else
+// is taken over when it is what the step would have made, and is an error
+// naming the conflict when it is not.
+func TestAddLinkAdoptsTheSameLink(t *testing.T) {
+	l := newLab(t)
+	l.a.MustIP(t, "link", "add", "br7", "type", "bridge")
+	if err := addLink(&linkTarget{name: "br7", kind: kindBridge})(l.h); err != nil {
+		t.Fatalf("creating an existing bridge of the same name: %v", err)
+	}
+	err := addLink(&linkTarget{name: "va", kind: kindBridge})(l.h)
+	if err == nil || !strings.Contains(err.Error(), "va exists and is not the bridge asked for") {
+		t.Fatalf("creating a bridge where a veth is: %v", err)
+	}
+}

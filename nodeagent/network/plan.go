@@ -382,7 +382,21 @@ func addLink(t *linkTarget) func(*netlink.Handle) error {
 		default:
 			return fmt.Errorf("cannot create %s: it is not a bond, bridge or vlan", t.name)
 		}
-		return h.LinkAdd(l)
+		err := h.LinkAdd(l)
+		if !errors.Is(err, unix.EEXIST) {
+			return err
+		}
+		// Made meanwhile by someone else (networkd from the files, or
+		// the bonding module's own bond0): the same link is adopted,
+		// anything else is in the way.
+		cur, rerr := readLive(h)
+		if rerr != nil {
+			return fmt.Errorf("%w (and reading it: %w)", err, rerr)
+		}
+		if c := cur.links[t.name]; c.Exists && !differs(t, c) {
+			return nil
+		}
+		return fmt.Errorf("%s exists and is not the %s asked for: %w", t.name, t.kind, err)
 	}
 }
 
