@@ -6,6 +6,7 @@ package e2e_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log"
@@ -39,6 +40,25 @@ const testEpoch = 1700000000
 // bootTimeout bounds one boot to "the agent answers" under TCG on a busy
 // 2-core machine.
 const bootTimeout = 8 * time.Minute
+
+// TestMain lets the package's three node tests run at once unless
+// -parallel is given: each spends most of its time waiting on an emulated
+// guest, and with go test's default (GOMAXPROCS, 2 on CI) the two that
+// took the slots first decided the package's length: when the network and
+// power-cut tests did, TestNodeLifecycle, the longest, started only after
+// the network test ended, 7 minutes late.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		if err := flag.Set("test.parallel", "3"); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: -parallel:", err)
+			os.Exit(2)
+		}
+	}
+	os.Exit(m.Run())
+}
 
 func repoRoot(t testing.TB) string {
 	t.Helper()
