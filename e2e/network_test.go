@@ -26,7 +26,7 @@ const (
 	vlanName = "bond0.42"
 )
 
-// TestHostNetwork is NetworkService on a booted node with several NICs,
+// testHostNetwork (TestSecondNode/HostNetwork) is NetworkService on a booted node with several NICs,
 // under the node's own kernel (the host's lacks bonding and 802.1Q): an
 // active-backup bond of two NICs with a VLAN on top comes up through the
 // API and carries traffic to a peer, also after the active member's cable
@@ -34,8 +34,7 @@ const (
 // test off, is not confirmed, and heals itself at its deadline; the bond
 // and the VLAN come back after a reboot from the networkd files the agent
 // wrote.
-func TestHostNetwork(t *testing.T) {
-	t.Parallel()
+func testHostNetwork(t *testing.T) {
 	ctx := context.Background()
 	img := build(ctx, t, "0.1.0", "")
 	s := newSeed(t, map[string]string{"/etc/debvisor/agent.yaml": nodeAgentConfig})

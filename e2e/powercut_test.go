@@ -25,7 +25,7 @@ import (
 // random moment of the flip lands between the copies often enough.
 const powerCutConfig = nodeAgentConfig + "  test_env_pause: 3s\n"
 
-// cuts is how many power cuts TestPowerCuts makes: at least 10 in `make
+// cuts is how many power cuts testPowerCuts makes: at least 10 in `make
 // test`; `make soak` sets DEBVISOR_SOAK_CUTS=200.
 func cuts(t *testing.T) int {
 	if v := os.Getenv("DEBVISOR_SOAK_CUTS"); v != "" {
@@ -111,17 +111,26 @@ func (c *cutNode) damageEnv(ctx context.Context, name string, data []byte) {
 	}
 }
 
-// TestPowerCuts kills QEMU at random moments while the agent writes the
+// TestSecondNode runs, one after the other, the node tests that are
+// shorter than TestNodeLifecycle, beside it: power cuts, then host
+// networking. As separate parallel tests, go test's two slots (GOMAXPROCS
+// on CI) went to whichever two started first, and when the short ones
+// did, the longest started minutes late; three guests at once on two
+// cores slowed all three more than that.
+func TestSecondNode(t *testing.T) {
+	t.Parallel()
+	t.Run("PowerCuts", testPowerCuts)
+	t.Run("HostNetwork", testHostNetwork)
+}
+
+// testPowerCuts kills QEMU at random moments while the agent writes the
 // new slot and while it flips the boot environment. After every cut the
 // environment still parses, GRUB (read on the serial console, no full
 // boot needed) boots a slot that holds a complete, verified system, and on
 // some cuts the node boots up and the agent's slot status tells the
 // truth. Then one copy of the environment is zeroed, then half-written:
 // the old slot still boots and the copy is repaired.
-func TestPowerCuts(t *testing.T) {
-	// Beside TestNodeLifecycle: both spend most of their time waiting on
-	// an emulated guest.
-	t.Parallel()
+func testPowerCuts(t *testing.T) {
 	requireTools(t, "qemu-io", "qemu-img")
 	ctx := context.Background()
 	reg := startRegistry(t)

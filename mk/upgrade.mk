@@ -8,7 +8,7 @@ test-e2e: ## Node lifecycle under QEMU: boot, OpenTofu against the node, upgrade
 
 .PHONY: soak
 soak: ## Long soak outside CI: SOAK_CUTS (default 200) random power cuts during slot writes and env flips
-	DEBVISOR_SOAK_CUTS=$(SOAK_CUTS) $(GO) test -timeout 12h -count=1 -v -run TestPowerCuts ./e2e/
+	DEBVISOR_SOAK_CUTS=$(SOAK_CUTS) $(GO) test -timeout 12h -count=1 -v -run 'TestSecondNode/PowerCuts' ./e2e/
 
 .PHONY: bench-upgrade
 bench-upgrade: ## Slot write vs dd, agent memory during a 1 GiB upgrade (docs/benchmarks.md)
