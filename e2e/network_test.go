@@ -80,9 +80,9 @@ func testHostNetwork(t *testing.T) {
 
 	// Pull the active member's cable: the bond fails over, traffic goes on.
 	active := n.mustSSH(ctx, "cat /sys/class/net/bond0/bonding/active_slave")
-	other, dev := memberB, "hub0"
+	other, dev := memberB, qemu.HubNICID(0)
 	if active == memberB {
-		other, dev = memberA, "hub1"
+		other, dev = memberA, qemu.HubNICID(1)
 	} else if active != memberA {
 		t.Fatalf("bond0's active member is %q, want %s or %s", active, memberA, memberB)
 	}
@@ -193,7 +193,7 @@ func pingPeer(ctx context.Context, t *testing.T, n *node, when string) {
 	if err := n.m.WaitFor(ctx2, time.Second, "the peer to answer pings "+when, func(ctx context.Context) error {
 		out, err := n.ssh(ctx, "ping -c 3 -i 0.5 -W 2 -I "+vlanName+" "+peerIP)
 		if err != nil {
-			return fmt.Errorf("%w: %s", err, lastLine(out))
+			return fmt.Errorf("%w: %s", err, tail(out, 1))
 		}
 		return nil
 	}); err != nil {
@@ -201,7 +201,7 @@ func pingPeer(ctx context.Context, t *testing.T, n *node, when string) {
 		t.Fatalf("%v\nthe node's network:\n%s", err, out)
 	}
 	out := n.mustSSH(ctx, "ip netns exec peer ping -c 3 -i 0.5 -W 2 "+strings.Split(bondAddr, "/")[0])
-	t.Logf("%s: %s", when, lastLine(out))
+	t.Logf("%s: %s", when, tail(out, 1))
 }
 
 // checkBond checks bond0 and its VLAN in the node, live: both members
@@ -268,9 +268,4 @@ func cutOff(ctx context.Context, n *node, until time.Time) bool {
 		time.Sleep(time.Second)
 	}
 	return false
-}
-
-func lastLine(s string) string {
-	l := strings.Split(strings.TrimSpace(s), "\n")
-	return l[len(l)-1]
 }

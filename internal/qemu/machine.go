@@ -64,7 +64,7 @@ type Config struct {
 	Forwards []Forward
 	// HubNICs adds one virtio NIC per MAC address, all on one QEMU hub (a
 	// repeater: every frame one of them sends reaches all the others) and
-	// on nothing else. Device ids are "hub0", "hub1"... for SetLink. They
+	// on nothing else. Device ids are HubNICID(i) ("hub0"...) for SetLink. They
 	// let a guest test bonds and VLANs against a peer NIC of its own.
 	HubNICs []string
 	// SerialLog receives the serial console (default Dir/serial.log).
@@ -88,6 +88,9 @@ type Config struct {
 	// Log receives the QEMU command line and state changes (debug).
 	Log *slog.Logger
 }
+
+// HubNICID is the device id of Config.HubNICs[i], for Machine.SetLink.
+func HubNICID(i int) string { return fmt.Sprintf("hub%d", i) }
 
 // Machine is a running guest.
 type Machine struct {
@@ -163,7 +166,7 @@ func Start(ctx context.Context, c Config) (*Machine, error) {
 		args = append(args, "-nic", "none")
 	}
 	for i, mac := range c.HubNICs {
-		id := fmt.Sprintf("hub%d", i)
+		id := HubNICID(i)
 		args = append(args, "-netdev", "hubport,id="+id+"-port,hubid=0",
 			"-device", "virtio-net-pci,id="+id+",netdev="+id+"-port,mac="+mac)
 	}

@@ -363,9 +363,6 @@ func (m *Manager) Apply(ctx context.Context, r Request) (*v1.NetworkChange, erro
 	if applyErr == nil && !m.cfg.FilesOnly {
 		applyErr = run(m.h, steps, false)
 	}
-	if applyErr == nil {
-		m.reload(ctx)
-	}
 	if applyErr != nil {
 		reason := "apply failed: " + applyErr.Error()
 		_, rerr := m.revertLocked(ctx, reason)
@@ -374,6 +371,7 @@ func (m *Manager) Apply(ctx context.Context, r Request) (*v1.NetworkChange, erro
 		}
 		return nil, fault.Errorf(fault.Internal, "network change %s: %v; reverted to the previous state", p.ID, applyErr)
 	}
+	m.reload(ctx)
 	if r.NoConfirm {
 		return m.confirmLocked(p.ID, r.RequestedBy)
 	}
