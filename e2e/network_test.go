@@ -41,7 +41,7 @@ func testHostNetwork(t *testing.T) {
 	// SeaBIOS is the shorter boot under TCG; the firmware plays no part here.
 	n := bootNode(ctx, t, img.Raw, "8G", s, func(c *qemu.Config) {
 		c.Name, c.Firmware, c.Accel = "debvisor-e2e-net", qemu.FirmwareBIOS, qemu.AccelTCG
-		c.MemoryMiB = 1536
+		c.MemoryMiB, c.CPUs = 1536, 2
 		c.HubNICs, c.Monitor = hubMACs, true
 	})
 	n.waitAgent(ctx)
