@@ -137,6 +137,12 @@ func TestNodeLifecycle(t *testing.T) {
 	if out := n.mustSSH(ctx, "systemctl show -p ConditionResult --value debvisor-firstboot.service"); out != "no" {
 		t.Fatalf("firstboot ran again on a later boot (ConditionResult=%s)", out)
 	}
+	if out := n.mustSSH(ctx, "systemctl show -p ConditionResult --value debvisor-hostkeys.service"); out != "no" {
+		t.Fatalf("host keys were made again on a later boot (ConditionResult=%s)", out)
+	}
+	if out := n.mustSSH(ctx, growDataDone+"; journalctl -b -o cat -u debvisor-growdata.service"); !strings.HasPrefix(out, "active") || !strings.Contains(out, "already fills the disk") {
+		t.Fatalf("debvisor-growdata on a later boot of the same disk: %s", out)
+	}
 	if k := n.mustSSH(ctx, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"); k != hostKey {
 		t.Fatalf("host key changed across reboots: %s -> %s", hostKey, k)
 	}
@@ -212,6 +218,10 @@ func TestNodeLifecycle(t *testing.T) {
 	}
 }
 
+// growDataDone waits (up to 5 min) until debvisor-growdata.service has
+// ended and prints its ActiveState: active once it succeeded.
+const growDataDone = `for i in $(seq 300); do s=$(systemctl show -p ActiveState --value debvisor-growdata.service); case $s in active|failed) break;; esac; sleep 1; done; echo $s`
+
 // checkFirstBoot: firstboot ran once, the data partition fills the disk,
 // / is the read-only squashfs and /etc an overlay that keeps changes.
 func checkFirstBoot(ctx context.Context, t *testing.T, n *node) {
@@ -219,6 +229,10 @@ func checkFirstBoot(ctx context.Context, t *testing.T, n *node) {
 	n.mustSSH(ctx, "test -s /etc/ssh/ssh_host_ed25519_key && test -f /var/lib/debvisor/firstboot.done")
 	if h := n.mustSSH(ctx, "hostname"); h != "node1" {
 		t.Fatalf("preseed hostname not applied: %q", h)
+	}
+	// debvisor-growdata runs beside the agent: wait for its end.
+	if out := n.mustSSH(ctx, growDataDone); out != "active" {
+		t.Fatalf("debvisor-growdata.service ended %q, want active", out)
 	}
 	disk, _ := strconv.ParseInt(n.mustSSH(ctx, "blockdev --getsize64 /dev/vda"), 10, 64)
 	part, _ := strconv.ParseInt(n.mustSSH(ctx, "blockdev --getsize64 /dev/disk/by-partlabel/debvisor-data"), 10, 64)

@@ -135,8 +135,12 @@ func TestBootBIOSUnderKVM(t *testing.T) {
 	if pre, _, _ := strings.Cut(v.console(), "Linux version"); strings.Contains(pre, "error:") {
 		t.Fatalf("GRUB reported an error on the serial console:\n%s", pre)
 	}
-	// The BIOS boot partition before the ESP does not stop firstboot from
-	// growing the data partition, which is still last on disk.
+	// The BIOS boot partition before the ESP does not stop the data
+	// partition, still last on disk, from being grown (by
+	// debvisor-growdata.service, beside the agent: wait for its end).
+	if out := v.mustSSH(`for i in $(seq 300); do s=$(systemctl show -p ActiveState --value debvisor-growdata.service); case $s in active|failed) break;; esac; sleep 1; done; echo $s`); out != "active" {
+		t.Fatalf("debvisor-growdata.service ended %q, want active", out)
+	}
 	diskBytes, _ := strconv.ParseInt(v.mustSSH("blockdev --getsize64 /dev/vda"), 10, 64)
 	dataBytes, _ := strconv.ParseInt(v.mustSSH("blockdev --getsize64 /dev/disk/by-partlabel/debvisor-data"), 10, 64)
 	if diskBytes < 6<<30 || dataBytes < diskBytes-img.Manifest.Partitions[3].Start-(4<<20) {

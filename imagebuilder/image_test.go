@@ -61,7 +61,7 @@ func TestImageAcceptedByIndependentTools(t *testing.T) {
 	run(t, "unsquashfs", "-q", "-n", "-d", tree, slot)
 	var units []string
 	for _, u := range []string{"debvisor-rpcd.service", "debvisor-panel.service", "debvisor-firstboot.service",
-		"debvisor-backup.service", "debvisor-backup.timer", "tsig-rotate.service", "tsig-rotate.timer", "debvisor-netcfg.service"} {
+		"debvisor-hostkeys.service", "debvisor-growdata.service", "debvisor-backup.service", "debvisor-backup.timer", "tsig-rotate.service", "tsig-rotate.timer", "debvisor-netcfg.service"} {
 		// DebVisor's own files live in the slot's layer; /etc and /usr
 		// hold absolute links into it, which only resolve inside the
 		// node's root: give systemd-analyze the files themselves.

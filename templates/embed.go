@@ -27,6 +27,8 @@ var Units = []string{
 	"debvisor-rpcd.service",
 	"debvisor-panel.service",
 	"debvisor-firstboot.service",
+	"debvisor-hostkeys.service",
+	"debvisor-growdata.service",
 	"debvisor-backup.timer",
 	"tsig-rotate.timer",
 	"systemd-networkd.service",

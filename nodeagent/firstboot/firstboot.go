@@ -1,8 +1,11 @@
 // Package firstboot owns what a DebVisor node does once, on its first boot
-// (debvisor-firstboot.service → `debvisor-agent firstboot`): SSH host keys,
-// growing the data partition to fill the disk, applying the preseed, and
-// putting the network TUI on tty1 when no network came up. It writes
+// (debvisor-firstboot.service → `debvisor-agent firstboot`): applying the
+// preseed, and putting the network TUI on tty1 when no network came up. It writes
 // osimage.FirstbootStamp last, so an interrupted first boot runs again.
+// Two first-boot jobs run beside it, in their own units, so the agent
+// (which waits for firstboot) does not wait for them — seconds each under
+// emulation: SSH host keys (debvisor-hostkeys.service) and growing the
+// data partition (debvisor-growdata.service → GrowData, every boot).
 package firstboot
 
 import (
@@ -40,8 +43,6 @@ type Config struct {
 // Result reports what ran.
 type Result struct {
 	Skipped      bool
-	HostKeys     bool
-	Grown        string
 	Preseed      string
 	NetworkUp    bool
 	NetcfgQueued bool
@@ -81,37 +82,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return res, nil
 	}
 	var errs []error
-	// Host keys take seconds (RSA above all, and under emulation more):
-	// they are made beside the other steps, which do not need them.
-	keys := make(chan error, 1)
-	go func() { keys <- hostKeys(ctx, &cfg) }()
-	collectKeys := func() {
-		if err := <-keys; err != nil {
-			errs = append(errs, err)
-			log.Error("ssh host keys", "err", err)
-		} else {
-			res.HostKeys = true
-			log.Info("ssh host keys generated")
-		}
-	}
 	if cfg.live() {
-		// The by-partlabel link comes from udev: wait for that one link,
-		// not for the whole event queue to settle.
-		if err := run(ctx, "udevadm", "wait", "--timeout=15", filepath.Join("/dev/disk/by-partlabel", osimage.LabelData)); err != nil {
-			_ = run(ctx, "udevadm", "settle", "--timeout=15")
-		}
-		dev, err := growData(ctx, log)
-		if err != nil {
-			errs = append(errs, err)
-			log.Error("grow data partition", "err", err)
-		}
-		res.Grown = dev
+		// The seed volume's by-label link comes from udev: let the
+		// coldplug queue drain first (short: firstboot starts seconds
+		// after udev's trigger). Growing the data partition is not
+		// firstboot's: debvisor-growdata.service does it beside it.
+		_ = run(ctx, "udevadm", "settle", "--timeout=15")
 	}
 	src, err := applyPreseed(ctx, &cfg)
 	if err != nil {
-		if kerr := <-keys; kerr != nil {
-			log.Error("ssh host keys", "err", kerr)
-		}
 		return res, fmt.Errorf("preseed: %w", err)
 	}
 	res.Preseed = src
@@ -128,7 +107,6 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			log.Info("network is up")
 		}
 	}
-	collectKeys()
 	stamp := cfg.path(osimage.FirstbootStamp)
 	if err := os.MkdirAll(filepath.Dir(stamp), 0o755); err != nil {
 		return res, err
@@ -138,51 +116,6 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	log.Info("first boot complete", "stamp", osimage.FirstbootStamp)
 	return res, errors.Join(errs...)
-}
-
-func hostKeys(ctx context.Context, cfg *Config) error {
-	if err := os.MkdirAll(cfg.path("/etc/ssh"), 0o755); err != nil {
-		return err
-	}
-	args := []string{"-A"}
-	if !cfg.live() {
-		args = append(args, "-f", cfg.Root)
-	}
-	return run(ctx, "ssh-keygen", args...)
-}
-
-// growData grows debvisor-data (always the last partition) to the end of
-// its disk and then its ext4, both online.
-func growData(ctx context.Context, log *slog.Logger) (string, error) {
-	link := filepath.Join("/dev/disk/by-partlabel", osimage.LabelData)
-	dev, err := filepath.EvalSymlinks(link)
-	if err != nil {
-		return "", fmt.Errorf("find %s: %w", link, err)
-	}
-	name := filepath.Base(dev)
-	num, err := os.ReadFile(filepath.Join("/sys/class/block", name, "partition"))
-	if err != nil {
-		return dev, fmt.Errorf("%s is not a partition: %w", dev, err)
-	}
-	sys, err := filepath.EvalSymlinks(filepath.Join("/sys/class/block", name))
-	if err != nil {
-		return dev, err
-	}
-	disk := "/dev/" + filepath.Base(filepath.Dir(sys))
-	part := strings.TrimSpace(string(num))
-	out, err := output(ctx, "growpart", disk, part)
-	switch {
-	case err == nil:
-		log.Info("data partition grown", "disk", disk, "partition", part, "growpart", strings.TrimSpace(out))
-	case strings.Contains(out, "NOCHANGE"):
-		log.Info("data partition already fills the disk", "disk", disk)
-	default:
-		return dev, fmt.Errorf("growpart %s %s: %w: %s", disk, part, err, out)
-	}
-	if out, err := output(ctx, "resize2fs", dev); err != nil {
-		return dev, fmt.Errorf("resize2fs %s: %w: %s", dev, err, out)
-	}
-	return dev, nil
 }
 
 // findSeed returns the directory holding preseed.yaml and a cleanup: a
