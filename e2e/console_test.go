@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,29 +56,28 @@ func (c *timedConsole) poll() {
 	defer f.Close()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	buf := make([]byte, 256<<10)
+	if _, err := f.Seek(c.off, io.SeekStart); err != nil {
+		return
+	}
+	b, _ := io.ReadAll(f)
+	if len(b) == 0 {
+		return
+	}
+	c.off += int64(len(b))
+	c.part = append(c.part, b...)
+	now := time.Now()
 	for {
-		n, err := f.ReadAt(buf, c.off)
-		if n == 0 {
-			_ = err
-			return
+		i := bytes.IndexAny(c.part, "\r\n")
+		if i < 0 {
+			break
 		}
-		c.off += int64(n)
-		c.part = append(c.part, buf[:n]...)
-		now := time.Now()
-		for {
-			i := bytes.IndexAny(c.part, "\r\n")
-			if i < 0 {
-				break
-			}
-			line := strings.TrimSpace(string(c.part[:i]))
-			c.part = c.part[i+1:]
-			if line == "" {
-				continue
-			}
-			c.lines = append(c.lines, fmt.Sprintf("[+%s] %s", fmtElapsed(now.Sub(c.start)), line))
-			c.last = now
+		line := strings.TrimSpace(string(c.part[:i]))
+		c.part = c.part[i+1:]
+		if line == "" {
+			continue
 		}
+		c.lines = append(c.lines, fmt.Sprintf("[+%s] %s", fmtElapsed(now.Sub(c.start)), line))
+		c.last = now
 	}
 }
 

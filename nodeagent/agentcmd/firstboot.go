@@ -43,8 +43,7 @@ keeps that size nothing runs, and a disk made larger since is filled on the next
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log := newLogger(env.Stderr, slog.LevelInfo, "text").With("component", "growdata")
-			_, _, err := firstboot.GrowData(cmd.Context(), log, stamp)
-			return err
+			return firstboot.GrowData(cmd.Context(), log, stamp)
 		},
 	}
 	cmd.Flags().StringVar(&stamp, "stamp", firstboot.GrowStamp, "file recording the disk size the partition was grown to fill")

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/debvisor/debvisor/osimage"
@@ -21,24 +20,24 @@ const GrowStamp = "/var/lib/debvisor/data-grown"
 // boot). A disk of the size recorded in stamp was already filled: nothing
 // runs, so later boots pay nothing; a disk made larger since (a bigger
 // virtual disk, an image written to a larger drive) is filled on the next
-// boot. It returns the partition and whether it ran.
-func GrowData(ctx context.Context, log *slog.Logger, stamp string) (dev string, ran bool, err error) {
+// boot.
+func GrowData(ctx context.Context, log *slog.Logger, stamp string) error {
 	link := filepath.Join("/dev/disk/by-partlabel", osimage.LabelData)
 	if err := run(ctx, "udevadm", "wait", "--timeout=30", link); err != nil {
-		return "", false, fmt.Errorf("waiting for %s: %w", link, err)
+		return fmt.Errorf("waiting for %s: %w", link, err)
 	}
 	dev, disk, part, err := dataPartition(link)
 	if err != nil {
-		return dev, false, err
+		return err
 	}
 	size, err := os.ReadFile(filepath.Join("/sys/class/block", filepath.Base(disk), "size"))
 	if err != nil {
-		return dev, false, err
+		return err
 	}
 	sectors := strings.TrimSpace(string(size))
 	if b, err := os.ReadFile(stamp); err == nil && strings.TrimSpace(string(b)) == sectors {
 		log.Info("data partition already fills the disk", "disk", disk, "sectors", sectors)
-		return dev, false, nil
+		return nil
 	}
 	out, err := output(ctx, "growpart", disk, part)
 	switch {
@@ -47,16 +46,13 @@ func GrowData(ctx context.Context, log *slog.Logger, stamp string) (dev string, 
 	case strings.Contains(out, "NOCHANGE"):
 		log.Info("data partition already fills the disk", "disk", disk)
 	default:
-		return dev, true, fmt.Errorf("growpart %s %s: %w: %s", disk, part, err, out)
+		return fmt.Errorf("growpart %s %s: %w: %s", disk, part, err, out)
 	}
 	if out, err := output(ctx, "resize2fs", dev); err != nil {
-		return dev, true, fmt.Errorf("resize2fs %s: %w: %s", dev, err, out)
+		return fmt.Errorf("resize2fs %s: %w: %s", dev, err, out)
 	}
 	log.Info("data filesystem fills its partition", "device", dev)
-	if err := writeFile(stamp, []byte(sectors+"\n"), 0o644); err != nil {
-		return dev, true, err
-	}
-	return dev, true, nil
+	return writeFile(stamp, []byte(sectors+"\n"), 0o644)
 }
 
 // dataPartition resolves the data partition's link to its device, its disk
@@ -70,9 +66,6 @@ func dataPartition(link string) (dev, disk, part string, err error) {
 	num, err := os.ReadFile(filepath.Join("/sys/class/block", name, "partition"))
 	if err != nil {
 		return dev, "", "", fmt.Errorf("%s is not a partition: %w", dev, err)
-	}
-	if _, err := strconv.Atoi(strings.TrimSpace(string(num))); err != nil {
-		return dev, "", "", fmt.Errorf("%s: partition number %q: %w", dev, num, err)
 	}
 	sys, err := filepath.EvalSymlinks(filepath.Join("/sys/class/block", name))
 	if err != nil {
